@@ -1,0 +1,103 @@
+"""The models the command line knows: each chapter registers its own here.
+
+A :class:`ModelSpec` tells the CLI how to build a model from its config, how to
+train it on a task in a profile, and how to evaluate it. ``python -m attn_course
+train MODEL --task T`` and ``evaluate MODEL --task T`` look models up by name.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from .train import TrainResult
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What a chapter registers for one model.
+
+    ``model_config(task)`` gives the config the model is built from (a dict of JSON
+    values); ``build(config)`` makes the ``nn.Module``; ``train(task, profile, device,
+    seed, checkpoint_path, progress)`` trains from scratch and returns ``(model,
+    TrainResult, data_description)``; ``evaluate(model, task, device)`` returns
+    ``(metrics, num_examples)`` on the task's test set.
+    """
+
+    name: str
+    description: str
+    tasks: tuple[str, ...]
+    model_config: Callable[[str], dict[str, Any]]
+    build: Callable[[Mapping[str, Any]], nn.Module]
+    train: Callable[..., tuple[nn.Module, TrainResult, str]]
+    evaluate: Callable[[nn.Module, str, torch.device], tuple[dict[str, float], int]]
+    default_task: str | None = None
+
+    def check_task(self, task: str | None) -> str:
+        task = task or self.default_task or self.tasks[0]
+        if task not in self.tasks:
+            raise ValueError(f"model {self.name!r} has no task {task!r}; choose one of: {', '.join(self.tasks)}")
+        return task
+
+
+_REGISTRY: dict[str, ModelSpec] = {}
+
+
+def register(spec: ModelSpec) -> ModelSpec:
+    """Add a model to the registry (a chapter module calls this at import)."""
+    if spec.name in _REGISTRY and _REGISTRY[spec.name] is not spec:
+        raise ValueError(f"a model named {spec.name!r} is registered already")
+    _REGISTRY[spec.name] = spec
+    return spec
+
+
+def _load_chapter_modules() -> None:
+    # Importing a chapter module registers its models. Add new chapters here.
+    from . import baselines  # noqa: F401
+
+
+def get_spec(name: str) -> ModelSpec:
+    """The registered model called ``name``; a clear error lists the choices."""
+    _load_chapter_modules()
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown model {name!r}; choose one of: {', '.join(sorted(_REGISTRY))}")
+    return _REGISTRY[name]
+
+
+def all_specs() -> list[ModelSpec]:
+    _load_chapter_modules()
+    return [_REGISTRY[name] for name in sorted(_REGISTRY)]
+
+
+def load_pretrained(name: str, task: str | None = None, device: torch.device | str | None = None) -> nn.Module:
+    """The shipped pretrained ``name`` model for ``task``, in eval mode on ``device``."""
+    from .checkpoints import PRETRAINED_DIR, available_pretrained, pretrained_name
+    from .runtime import get_device
+
+    spec = get_spec(name)
+    task = spec.check_task(task)
+    path = PRETRAINED_DIR / f"{pretrained_name(name, task)}.pt"
+    if not path.is_file():
+        have = ", ".join(available_pretrained()) or "none"
+        raise FileNotFoundError(
+            f"no pretrained {name!r} for task {task!r} ({path.name}); shipped: {have}. "
+            f"Train one with: python -m attn_course train {name} --task {task}"
+        )
+    return load_model_file(spec, task, path, device or get_device())
+
+
+def load_model_file(spec: ModelSpec, task: str, path, device: torch.device | str) -> nn.Module:
+    """Build ``spec``'s model for ``task`` and load the weights in ``path`` into it."""
+    from .checkpoints import load_weights
+
+    config, state_dict = load_weights(path, expected_config=spec.model_config(task))
+    model = spec.build(config)
+    try:
+        model.load_state_dict(state_dict)
+    except RuntimeError as error:
+        raise ValueError(f"the weights in {path} do not fit model {spec.name!r} built from {config}: {error}") from error
+    return model.to(device).eval()

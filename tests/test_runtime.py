@@ -1,0 +1,56 @@
+"""Profiles, device choice, seeding and the banner."""
+
+import random
+
+import numpy as np
+import pytest
+import torch
+
+from attn_course import runtime
+
+
+def test_profile_default_and_override(monkeypatch):
+    monkeypatch.delenv("ATTN_COURSE_PROFILE", raising=False)
+    expected = "full" if runtime.get_device().type == "cuda" else "quick"
+    assert runtime.get_profile() == expected
+    monkeypatch.setenv("ATTN_COURSE_PROFILE", "FULL")
+    assert runtime.get_profile() == "full"
+    assert runtime.pick(1, 2) == 2
+    assert runtime.get_profile("quick") == "quick" and runtime.pick(1, 2, "quick") == 1
+    monkeypatch.setenv("ATTN_COURSE_PROFILE", "medium")
+    with pytest.raises(ValueError, match="unknown profile 'medium'.*quick, full"):
+        runtime.get_profile()
+
+
+def test_device_choice(monkeypatch):
+    monkeypatch.delenv("ATTN_COURSE_DEVICE", raising=False)
+    device = runtime.get_device()
+    if torch.cuda.is_available():
+        assert device.type == "cuda"
+    else:
+        assert device.type in ("mps", "cpu")
+    monkeypatch.setenv("ATTN_COURSE_DEVICE", "cpu")
+    assert runtime.get_device() == torch.device("cpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="CUDA is not available"):
+            runtime.get_device("cuda")
+
+
+def test_seed_everything_repeats_all_generators():
+    def draw():
+        return random.random(), np.random.rand(), torch.rand(1).item()
+
+    generator = runtime.seed_everything(7)
+    first = draw() + (torch.rand(1, generator=generator).item(),)
+    generator = runtime.seed_everything(7)
+    assert draw() + (torch.rand(1, generator=generator).item(),) == first
+    with pytest.raises(ValueError, match="seed"):
+        runtime.seed_everything(-1)
+
+
+def test_banner_names_profile_device_and_versions(monkeypatch):
+    monkeypatch.setenv("ATTN_COURSE_PROFILE", "quick")
+    line = runtime.banner()
+    assert "\n" not in line
+    for part in ("profile quick", f"torch {torch.__version__}", "python 3.", "device "):
+        assert part in line

@@ -1,0 +1,75 @@
+"""The command line: info, clear errors for unknown names, evaluate's JSON, train's outputs."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from attn_course.__main__ import main
+from attn_course.checkpoints import save_pretrained
+from attn_course.registry import get_spec
+
+DATA = os.environ.get("ATTN_COURSE_DATA")
+needs_mnist = pytest.mark.skipif(
+    not DATA or not (Path(DATA) / "mnist" / "t10k-images-idx3-ubyte.gz").exists(),
+    reason="MNIST files not found: set ATTN_COURSE_DATA to a folder holding mnist/*.gz",
+)
+
+
+def last_json_line(text):
+    return json.loads(text.strip().splitlines()[-1])
+
+
+@needs_mnist
+def test_info_reports_versions_data_and_models(capsys):
+    assert main(["info"]) == 0
+    out = capsys.readouterr().out
+    assert f"torch {torch.__version__}" in out
+    assert f"data root: {Path(DATA)}" in out
+    assert out.count(": ok") == 4  # the four MNIST files, each verified
+    assert "fc (" in out and "conv (" in out
+
+
+def test_unknown_model_and_task_list_the_choices(capsys):
+    assert main(["evaluate", "nosuchmodel"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown model 'nosuchmodel'" in err and "fc" in err and "conv" in err
+    assert main(["evaluate", "fc", "--task", "imagenet"]) == 2
+    err = capsys.readouterr().err
+    assert "no task 'imagenet'" in err and "mnist28" in err and "cluttered100" in err
+
+
+@needs_mnist
+def test_evaluate_prints_json_last_and_checks_the_config(tmp_path, capsys):
+    spec = get_spec("fc")
+    torch.manual_seed(0)
+    model = spec.build(spec.model_config("mnist28"))
+    path, _ = save_pretrained(model, spec.model_config("mnist28"), {"model": "fc"}, tmp_path / "fc.pt")
+    assert main(["evaluate", "fc", "--task", "mnist28", "--checkpoint", str(path), "--device", "cpu"]) == 0
+    result = last_json_line(capsys.readouterr().out)
+    assert result["model"] == "fc" and result["task"] == "mnist28" and result["test_examples"] == 10_000
+    assert 0.0 <= result["metrics"]["accuracy"] <= 0.3  # an untrained network is near chance
+    assert result["metrics"]["error"] == pytest.approx(1 - result["metrics"]["accuracy"])
+    # the same weights asked for as a 60x60 model: a clear config error, not a shape traceback
+    assert main(["evaluate", "fc", "--task", "translated60", "--checkpoint", str(path)]) == 2
+    assert "config mismatch" in capsys.readouterr().err
+
+
+@needs_mnist
+@pytest.mark.slow
+def test_train_writes_weights_card_and_json(tmp_path):
+    out = tmp_path / "fc.pt"
+    env = {**os.environ, "ATTN_COURSE_PROFILE": "quick", "ATTN_COURSE_DEVICE": "cpu"}
+    run = subprocess.run([sys.executable, "-m", "attn_course", "train", "fc", "--task", "mnist28",
+                          "--out", str(out), "--no-progress"], capture_output=True, text=True, env=env, timeout=600)
+    assert run.returncode == 0, run.stderr
+    result = last_json_line(run.stdout)
+    assert result["metrics"]["accuracy"] > 0.9
+    card = json.loads(out.with_suffix(".json").read_text())
+    assert card["command"].endswith(f"train fc --task mnist28 --out {out} --no-progress")
+    assert card["steps"] == result["steps"] and card["metrics"] == result["metrics"]
+    assert not out.with_suffix(".state").exists()  # the resumable state is removed once finished

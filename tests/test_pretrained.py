@@ -1,0 +1,41 @@
+"""Every shipped checkpoint re-evaluated against its model card."""
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from attn_course.checkpoints import PRETRAINED_DIR, available_pretrained, read_card, sha256_of
+from attn_course.registry import get_spec, load_pretrained
+
+DATA = os.environ.get("ATTN_COURSE_DATA")
+SHIPPED = available_pretrained()
+
+
+def test_something_is_shipped():
+    assert SHIPPED, f"no pretrained checkpoints in {PRETRAINED_DIR}"
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_card_is_complete_and_file_is_small(name):
+    path = PRETRAINED_DIR / f"{name}.pt"
+    card = read_card(path)
+    for key in ("model", "task", "model_config", "data", "metrics", "steps", "wall_time_s", "hardware", "seed",
+                "command", "test_examples", "sha256"):
+        assert key in card, f"model card of {name} lacks {key!r}"
+    assert card["sha256"] == sha256_of(path), f"{name}.pt changed since its card was written"
+    assert card["command"].startswith("python -m attn_course train ")
+    assert path.stat().st_size < 8 * 2**20
+
+
+@pytest.mark.skipif(not DATA or not (Path(DATA) / "mnist").is_dir(), reason="set ATTN_COURSE_DATA to evaluate")
+@pytest.mark.parametrize("name", SHIPPED)
+def test_checkpoint_reproduces_its_card(name):
+    card = read_card(PRETRAINED_DIR / f"{name}.pt")
+    spec = get_spec(card["model"])
+    model = load_pretrained(card["model"], card["task"], device="cpu")
+    metrics, count = spec.evaluate(model, card["task"], torch.device("cpu"))
+    assert count == card["test_examples"]
+    for metric, value in card["metrics"].items():
+        assert metrics[metric] == pytest.approx(value, abs=2e-3), f"{name}: {metric}"

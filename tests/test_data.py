@@ -1,0 +1,223 @@
+"""MNIST loading, verification, download and the RAM variants."""
+
+import gzip
+import hashlib
+import os
+import urllib.error
+from pathlib import Path
+
+import pytest
+import torch
+
+from attn_course.data import mnist as m
+from attn_course.data import cluttered_mnist, load_mnist, make_variant, translated_mnist, verify_mnist
+
+DATA = os.environ.get("ATTN_COURSE_DATA")
+HAVE_MNIST = bool(DATA) and all((Path(DATA) / "mnist" / f.name).is_file() for f in m.MNIST_FILES.values())
+needs_mnist = pytest.mark.skipif(not HAVE_MNIST, reason="set ATTN_COURSE_DATA to a folder holding mnist/*.gz")
+
+
+def fake_idx(shape, fill=7):
+    header = bytes([0, 0, 8, len(shape)]) + b"".join(s.to_bytes(4, "big") for s in shape)
+    count = 1
+    for s in shape:
+        count *= s
+    return header + bytes([fill]) * count
+
+
+def fake_spec(name, payload):
+    raw = gzip.compress(payload)
+    return m.MNISTFile(name, hashlib.md5(raw).hexdigest(), hashlib.sha256(payload).hexdigest()), raw
+
+
+# --------------------------------------------------------------------------- loading
+
+
+@needs_mnist
+def test_load_shapes_types_and_counts():
+    for split, n in (("train", 60_000), ("test", 10_000)):
+        images, labels = load_mnist(split)
+        assert images.shape == (n, 28, 28) and images.dtype == torch.uint8
+        assert labels.shape == (n,) and labels.dtype == torch.int64
+        assert int(images.max()) == 255 and int(images.min()) == 0
+        assert set(labels.tolist()) == set(range(10))
+    assert torch.bincount(load_mnist("test")[1]).tolist()[:2] == [980, 1135]  # the well-known test counts
+    with pytest.raises(ValueError, match="unknown MNIST split 'val'"):
+        load_mnist("val")
+
+
+@needs_mnist
+def test_verify_reports_ok():
+    assert set(verify_mnist().values()) == {"ok"}
+
+
+def test_root_resolution_order(monkeypatch, tmp_path):
+    monkeypatch.setenv("ATTN_COURSE_DATA", str(tmp_path / "env"))
+    assert m.data_root(tmp_path / "arg") == (tmp_path / "arg").resolve()
+    assert m.data_root() == (tmp_path / "env").resolve()
+    monkeypatch.delenv("ATTN_COURSE_DATA")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert m.data_root() == (tmp_path / "home" / ".cache" / "attn_course").resolve()
+
+
+# --------------------------------------------------------------------------- verification errors
+
+
+def test_checksum_mismatch_names_the_file(tmp_path):
+    spec, _ = fake_spec("x.gz", fake_idx((3,)))
+    wrong = gzip.compress(fake_idx((3,), fill=9))
+    with pytest.raises(m.MNISTChecksumError, match=r"x\.gz.*expected .gz MD5.*delete it"):
+        m.verified_payload(wrong, spec, str(tmp_path / "x.gz"))
+
+
+def test_truncated_gzip_is_a_clear_error(tmp_path):
+    spec, raw = fake_spec("x.gz", fake_idx((50, 28, 28)))
+    with pytest.raises(m.MNISTChecksumError, match="not a complete gzip file"):
+        m.verified_payload(raw[: len(raw) // 2], spec, "x.gz")
+
+
+def test_corrupt_real_file_is_reported_and_refused(tmp_path, monkeypatch):
+    directory = tmp_path / "mnist"
+    directory.mkdir()
+    for spec in m.MNIST_FILES.values():
+        (directory / spec.name).write_bytes(gzip.compress(fake_idx((2,))))
+    status = verify_mnist(tmp_path)
+    assert all(s.startswith("corrupt:") for s in status.values())
+    with pytest.raises(m.MNISTChecksumError, match="train-images-idx3-ubyte.gz"):
+        load_mnist("train", root=tmp_path)
+
+
+def test_idx_parser_checks_magic_and_length():
+    assert m.parse_idx(fake_idx((2, 3)), "t").shape == (2, 3)
+    with pytest.raises(m.MNISTChecksumError, match="magic"):
+        m.parse_idx(b"\x00\x00\x0d\x01" + bytes(8), "t")
+    with pytest.raises(m.MNISTChecksumError, match="bytes follow"):
+        m.parse_idx(fake_idx((2, 3))[:-1], "t")
+
+
+# --------------------------------------------------------------------------- download
+
+
+def test_missing_and_offline_gives_one_clear_error(tmp_path, monkeypatch):
+    def offline(url, timeout=30.0):
+        raise urllib.error.URLError("no network")
+
+    monkeypatch.setattr(m, "_fetch", offline)
+    with pytest.raises(m.MNISTNotFoundError) as info:
+        load_mnist("test", root=tmp_path)
+    message = str(info.value)
+    assert str(tmp_path / "mnist") in message and "ATTN_COURSE_DATA" in message
+    for spec in m.MNIST_FILES.values():
+        assert spec.name in message
+    assert not any((tmp_path / "mnist").glob("*")) if (tmp_path / "mnist").exists() else True
+
+
+def test_download_falls_back_to_the_next_mirror_and_writes_atomically(tmp_path, monkeypatch):
+    payload = fake_idx((4,))
+    spec, raw = fake_spec("t10k-labels-idx1-ubyte.gz", payload)
+    calls = []
+
+    def fetch(url, timeout=30.0):
+        calls.append(url)
+        return b"<html>not the file</html>" if url.startswith(m.MIRRORS[0]) else raw
+
+    monkeypatch.setattr(m, "_fetch", fetch)
+    assert m._download(spec, tmp_path) == []
+    assert calls == [m.MIRRORS[0] + spec.name, m.MIRRORS[1] + spec.name]
+    assert (tmp_path / spec.name).read_bytes() == raw
+    assert [p.name for p in tmp_path.iterdir()] == [spec.name]  # no temporary file left behind
+
+
+def test_download_of_bad_bytes_everywhere_leaves_nothing(tmp_path, monkeypatch):
+    spec, raw = fake_spec("t10k-labels-idx1-ubyte.gz", fake_idx((4,)))
+    monkeypatch.setattr(m, "_fetch", lambda url, timeout=30.0: raw[:-5])
+    failures = m._download(spec, tmp_path)
+    assert len(failures) == len(m.MIRRORS)
+    assert list(tmp_path.iterdir()) == []
+
+
+# --------------------------------------------------------------------------- RAM variants
+
+
+def digits(n=64, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    images = (torch.rand(n, 28, 28, generator=g) * 255).to(torch.uint8)
+    images[:, :4] = 0  # a blank band, like real digits' margins
+    return images, torch.randint(0, 10, (n,), generator=g)
+
+
+@pytest.mark.parametrize("name", ["translated60", "cluttered60", "cluttered100"])
+def test_variants_are_deterministic_per_seed_and_chunking(name):
+    images, labels = digits()
+    a = make_variant(name, images, labels, seed=5)
+    b = make_variant(name, images, labels, seed=5, chunk_size=7)
+    c = make_variant(name, images, labels, seed=6)
+    assert torch.equal(a["images"], b["images"]) and torch.equal(a["boxes"], b["boxes"])
+    assert not torch.equal(a["images"], c["images"])
+    size = {"translated60": 60, "cluttered60": 60, "cluttered100": 100}[name]
+    assert a["images"].shape == (64, 1, size, size) and a["images"].dtype == torch.float32
+    assert 0.0 <= float(a["images"].min()) and float(a["images"].max()) <= 1.0
+    assert torch.equal(a["labels"], labels)
+
+
+def test_translated_boxes_hold_the_digit_and_nothing_else():
+    images, labels = digits()
+    out = translated_mnist(images, labels, size=60, seed=1)
+    for n in range(len(images)):
+        x0, y0, x1, y1 = out["boxes"][n].long().tolist()
+        assert x1 - x0 == 28 and y1 - y0 == 28 and 0 <= x0 and x1 <= 60 and 0 <= y0 and y1 <= 60
+        canvas = out["images"][n, 0].clone()
+        assert torch.equal(canvas[y0:y1, x0:x1], images[n].float() / 255)
+        canvas[y0:y1, x0:x1] = 0
+        assert canvas.abs().sum() == 0
+
+
+def test_positions_cover_the_canvas():
+    images, labels = digits(n=2000)
+    boxes = translated_mnist(images, labels, size=60, seed=2)["boxes"]
+    assert int(boxes[:, 0].min()) == 0 and int(boxes[:, 0].max()) == 32
+
+
+def test_clutter_adds_distractors_outside_the_box():
+    images, labels = digits()
+    clean = translated_mnist(images, labels, size=60, seed=1)
+    clutter = cluttered_mnist(images, labels, size=60, num_distractors=4, seed=1)
+    assert torch.equal(clean["boxes"], clutter["boxes"])  # the same draws place the digit
+    inside = outside = 0
+    for n in range(len(images)):
+        x0, y0, x1, y1 = clutter["boxes"][n].long().tolist()
+        canvas = clutter["images"][n, 0].clone()
+        assert torch.all(canvas[y0:y1, x0:x1] >= images[n].float() / 255)  # combined by max
+        canvas[y0:y1, x0:x1] = 0
+        outside += int((canvas > 0).sum())
+    assert outside > 0.3 * len(images) * 4 * 8 * 8 * 0.5  # distractors left plenty of pixels outside the boxes
+
+
+def test_plain_mnist_variant_and_errors():
+    images, labels = digits(n=4)
+    out = make_variant("mnist28", images, labels)
+    assert torch.equal(out["images"][:, 0], images.float() / 255)
+    assert out["boxes"].tolist() == [[0, 0, 28, 28]] * 4
+    with pytest.raises(ValueError, match="unknown variant 'mnist64'.*translated60"):
+        make_variant("mnist64", images, labels)
+    with pytest.raises(ValueError, match=r"\(N, 28, 28\)"):
+        make_variant("translated60", images[:, :20], labels)
+    with pytest.raises(ValueError, match="labels of shape"):
+        make_variant("translated60", images, labels[:2])
+    with pytest.raises(ValueError, match="at least 28"):
+        translated_mnist(images, labels, size=20)
+    with pytest.raises(ValueError, match="distractor_size"):
+        cluttered_mnist(images, labels, distractor_size=40)
+    with pytest.raises(ValueError, match="at least 2 images"):
+        cluttered_mnist(images[:1], labels[:1])
+
+
+@needs_mnist
+def test_real_digits_in_clutter_are_fast_enough():
+    import time
+
+    images, labels = load_mnist("test")
+    make_variant("cluttered60", images[:100], labels[:100])
+    start = time.perf_counter()
+    make_variant("cluttered60", images, labels, seed=0)
+    assert time.perf_counter() - start < 2.0  # 10,000 samples; about 0.12 s on two CPU cores

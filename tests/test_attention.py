@@ -1,0 +1,71 @@
+"""Chapter 0's mechanisms: the glimpse (hard) and the weighted read (soft)."""
+
+import math
+
+import pytest
+import torch
+
+from attn_course.attention import glimpse, glimpse_corners, hard_attention_sample, soft_attention
+
+
+def ramp(h=28, w=28):
+    return torch.arange(h * w, dtype=torch.float32).view(1, 1, h, w)
+
+
+def test_glimpse_equals_an_integer_crop():
+    image = ramp()
+    out = glimpse(image, 0.0, 0.0, 0.5, 0.0, 14)
+    assert torch.allclose(out[0, 0], image[0, 0, 7:21, 7:21], atol=1e-3)
+    # centred on pixel column 17.5 / row 10.5: x = (17.5+0.5)/14 - 1, y = (10.5+0.5)/14 - 1
+    out = glimpse(image, 18 / 14 - 1, 11 / 14 - 1, 0.5, 0.0, 14)
+    assert torch.allclose(out[0, 0], image[0, 0, 4:18, 11:25], atol=1e-3)
+
+
+def test_quarter_turn_is_rot90_and_corners_follow():
+    image = ramp()
+    crop = image[0, 0, 7:21, 7:21]
+    turned = glimpse(image, 0.0, 0.0, 0.5, math.pi / 2, 14)[0, 0]
+    assert torch.allclose(turned, torch.rot90(crop, 1, (0, 1)), atol=1e-2)
+    corners = glimpse_corners(0.0, 0.0, 0.5, 0.0, 28, 28)[0]
+    assert torch.allclose(corners, torch.tensor([[6.5, 6.5], [20.5, 6.5], [20.5, 20.5], [6.5, 20.5]]))
+    turned_corners = glimpse_corners(0.0, 0.0, 0.5, math.pi / 2, 28, 28)[0]
+    assert torch.allclose(turned_corners, corners.roll(-1, 0), atol=1e-5)  # same square, corners moved on
+
+
+def test_glimpse_is_batched_zero_outside_and_differentiable():
+    images = torch.rand(3, 2, 20, 30, requires_grad=True)
+    x = torch.tensor([-1.0, 0.0, 0.9])
+    out = glimpse(images, x, torch.zeros(3), 0.3, torch.tensor([0.0, 0.5, 1.0]), 8)
+    assert out.shape == (3, 2, 8, 8)
+    out.sum().backward()
+    assert images.grad is not None and images.grad.abs().sum() > 0
+    far = glimpse(torch.ones(1, 1, 10, 10), 5.0, 5.0, 0.2, 0.0, 4)  # entirely outside the image
+    assert far.abs().sum() == 0
+
+
+def test_glimpse_errors():
+    with pytest.raises(ValueError, match=r"\(B, C, H, W\)"):
+        glimpse(torch.rand(28, 28), 0, 0, 0.5)
+    with pytest.raises(ValueError, match="scale must be positive"):
+        glimpse(torch.rand(1, 1, 28, 28), 0, 0, 0.0)
+    with pytest.raises(ValueError, match=r"shape \(2,\)"):
+        glimpse(torch.rand(2, 1, 28, 28), torch.zeros(3), 0, 0.5)
+    with pytest.raises(ValueError, match="floating"):
+        glimpse(torch.zeros(1, 1, 28, 28, dtype=torch.uint8), 0, 0, 0.5)
+
+
+def test_soft_attention_is_the_mean_of_hard_attention():
+    g = torch.Generator().manual_seed(0)
+    scores, values = torch.randn(4, 6, generator=g), torch.randn(4, 6, 3, generator=g)
+    soft, alpha = soft_attention(scores, values)
+    assert torch.allclose(alpha.sum(-1), torch.ones(4))
+    exact = (alpha.unsqueeze(-1) * values).sum(1)
+    assert torch.allclose(soft, exact, atol=1e-6)
+    errors = []
+    for m in (100, 100_000):
+        read, positions = hard_attention_sample(scores, values, m, generator=g)
+        assert read.shape == (m, 4, 3) and positions.shape == (m, 4)
+        errors.append((read.mean(0) - soft).abs().max().item())
+    assert errors[1] < 0.02 and errors[1] < errors[0] / 5
+    with pytest.raises(ValueError, match="must match"):
+        soft_attention(torch.randn(4, 5), values)

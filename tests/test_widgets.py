@@ -1,0 +1,51 @@
+"""Widgets: the pure figure function, and the sliders that redraw it."""
+
+import math
+
+import matplotlib
+
+matplotlib.use("Agg")
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from attn_course.attention import glimpse  # noqa: E402
+from attn_course.widgets import glimpse_explorer, glimpse_figure, interactive_figure  # noqa: E402
+
+
+def digit():
+    image = torch.zeros(28, 28)
+    image[6:22, 12:16] = 1.0  # a bar, like a "1"
+    return image
+
+
+def test_glimpse_figure_draws_the_box_and_the_glimpse():
+    fig = glimpse_figure(digit(), x=0.0, y=0.0, scale=0.5, angle=90.0, size=14)
+    left, right = fig.axes
+    box = left.patches[0].get_xy()[:4]
+    assert np.allclose(sorted(map(tuple, box)), sorted([(6.5, 6.5), (20.5, 6.5), (20.5, 20.5), (6.5, 20.5)]),
+                       atol=1e-4)
+    shown = right.images[0].get_array()
+    expected = glimpse(digit()[None, None], 0.0, 0.0, 0.5, math.pi / 2, 14)[0, 0].numpy()
+    assert np.allclose(shown, expected)
+    assert shown.sum(1).max() > shown.sum(0).max()  # the vertical bar became horizontal
+
+
+def test_explorer_redraws_when_a_slider_moves():
+    images = torch.stack([digit(), digit().T])
+    widget = glimpse_explorer(images, size=14)
+    before = widget.figure.axes[1].images[0].get_array().copy()
+    widget.controls["index"].value = 1
+    after = widget.figure.axes[1].images[0].get_array()
+    assert not np.allclose(before, after)
+    widget.controls["x"].value = 0.5
+    corners = widget.figure.axes[0].patches[0].get_xy()[:4]
+    assert np.isclose(np.mean(corners[:, 0]), (0.5 + 1) * 14 - 0.5)
+    assert widget.last_update_seconds < 2.0
+
+
+def test_interactive_figure_needs_controls_and_checks_images():
+    with pytest.raises(ValueError, match="at least one control"):
+        interactive_figure(lambda: None)
+    with pytest.raises(ValueError, match="non-empty batch"):
+        glimpse_explorer(torch.zeros(0, 28, 28))

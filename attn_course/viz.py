@@ -25,13 +25,13 @@ GLIMPSE_COLOR = "#2ca02c"
 # the book must load nothing from other hosts, so the icons become plain characters.
 _BUTTON_GLYPHS = {
     "fa fa-minus": "&minus;",
-    "fa fa-fast-backward": "&#9198;",
+    "fa fa-fast-backward": "|&#9664;&#9664;",
     "fa fa-step-backward": "&#9664;|",
     "fa fa-play fa-flip-horizontal": "&#9664;",
     "fa fa-pause": "&#10074;&#10074;",
     "fa fa-play": "&#9654;",
     "fa fa-step-forward": "|&#9654;",
-    "fa fa-fast-forward": "&#9197;",
+    "fa fa-fast-forward": "&#9654;&#9654;|",
     "fa fa-plus": "+",
 }
 

@@ -28,6 +28,8 @@ import torch
 
 PRETRAINED_DIR = Path(__file__).resolve().parent
 CARD_FORMAT = "attn_course.model_card/1"
+_UMASK = os.umask(0)
+os.umask(_UMASK)
 
 
 def _atomic_write(path: str | Path, write) -> Path:
@@ -39,6 +41,7 @@ def _atomic_write(path: str | Path, write) -> Path:
             write(f)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp_name, 0o666 & ~_UMASK)  # mkstemp makes 0600 files; give the usual permissions
         os.replace(tmp_name, path)
     except BaseException:
         try:

@@ -23,9 +23,11 @@ timed = @start=$$(date +%s); $(2); status=$$?; \
 .PHONY: setup browser book test unit nbval book-strict browser-test info clean
 
 $(STAMP): pyproject.toml
-	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet "$(TORCH_PIN)" -e ".[dev]"
-	touch $(STAMP)
+	@start=$$(date +%s); \
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV) && \
+	$(BIN)/python -m pip install --quiet "$(TORCH_PIN)" -e ".[dev]" && \
+	touch $(STAMP) && \
+	echo "[make] set-up (.venv, $$(du -sh $(VENV) | cut -f1)): $$(( $$(date +%s) - start )) s"
 
 setup: $(STAMP)
 

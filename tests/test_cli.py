@@ -29,7 +29,7 @@ def test_info_reports_versions_data_and_models(capsys):
     assert main(["info"]) == 0
     out = capsys.readouterr().out
     assert f"torch {torch.__version__}" in out
-    assert f"data root: {Path(DATA)}" in out
+    assert f"data root: {Path(DATA).resolve()}" in out
     assert out.count(": ok") == 4  # the four MNIST files, each verified
     assert "fc (" in out and "conv (" in out
 

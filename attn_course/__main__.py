@@ -1,7 +1,7 @@
 """The course's command line.
 
     python -m attn_course info
-    python -m attn_course train MODEL [--task T] [--profile P] [--out PATH] [--seed S]
+    python -m attn_course train MODEL [--task T] [--profile P] [--out PATH] [--seed S] [--steps N]
     python -m attn_course evaluate MODEL [--task T] [--checkpoint PATH]
 
 ``evaluate`` prints one JSON object as its last line: model, task, metrics, number of
@@ -63,7 +63,8 @@ def cmd_train(args: argparse.Namespace, argv: list[str]) -> int:
     state_path = out.with_suffix(".state")
     print(banner(profile, device))
     model, result, data_description = spec.train(task, profile=profile, device=device, seed=args.seed,
-                                                 checkpoint_path=state_path, progress=not args.no_progress)
+                                                 checkpoint_path=state_path, progress=not args.no_progress,
+                                                 steps=args.steps)
     if result.interrupted:
         print(f"not finished; resume with: {_command_line(argv)}")
         return 130
@@ -118,6 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--profile", choices=["quick", "full"])
     train.add_argument("--out", help="where to write the weights (.pt); the card goes beside it (.json)")
     train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--steps", type=int, help="training steps (default: the profile's)")
     train.add_argument("--device")
     train.add_argument("--no-progress", action="store_true", help="no progress bar (for logs)")
     evaluate = sub.add_parser("evaluate", help="evaluate a pretrained model; the last line is JSON")

@@ -23,7 +23,7 @@ class ModelSpec:
 
     ``model_config(task)`` gives the config the model is built from (a dict of JSON
     values); ``build(config)`` makes the ``nn.Module``; ``train(task, profile, device,
-    seed, checkpoint_path, progress)`` trains from scratch and returns ``(model,
+    seed, checkpoint_path, progress, steps)`` trains from scratch and returns ``(model,
     TrainResult, data_description)``; ``evaluate(model, task, device)`` returns
     ``(metrics, num_examples)`` on the task's test set.
     """
@@ -57,7 +57,7 @@ def register(spec: ModelSpec) -> ModelSpec:
 
 def _load_chapter_modules() -> None:
     # Importing a chapter module registers its models. Add new chapters here.
-    from . import baselines  # noqa: F401
+    from . import baselines, ram  # noqa: F401
 
 
 def get_spec(name: str) -> ModelSpec:

@@ -81,9 +81,39 @@ def main():
     except ImportError as error:  # chapter 0 not installed
         print(f"skipping chapter 0 rows: {error}")
 
+    rows += ram_rows(images, labels, device)
     width = max(len(r[0]) for r in rows)
     for name, seconds, rate in rows:
         print(f"{name:<{width}}  {seconds * 1e3:9.2f} ms  {rate}")
+
+
+def ram_rows(images, labels, device):
+    """RAM (chapter 1): training steps per second, and the vectorised glimpse sensor against a loop."""
+    from attn_course.data.ram_variants import make_variant
+    from attn_course.ram import PAPER_CONFIGS, RecurrentAttentionModel, glimpse_sensor, glimpse_sensor_loop, hybrid_loss
+
+    rows = []
+    for task in ("mnist28", "cluttered60"):
+        config = PAPER_CONFIGS[task]
+        model = RecurrentAttentionModel(config).to(device)
+        optimizer = torch.optim.Adam(model.parameters(), 1e-3)
+        batch = make_variant(task, images[:128], labels[:128], seed=3, device=device)
+
+        def step():
+            loss, _ = hybrid_loss(model(batch["images"]), batch["labels"])
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+
+        t = timed(step, repeat=20, warmup=3, device=device)
+        rows.append((f"RAM train step, {task} config, batch 128", t, f"{1 / t:,.1f} steps/s"))
+    batch = make_variant("cluttered100", images[:128], labels[:128], seed=4, device=device)
+    l = torch.rand(128, 2, device=device) * 2 - 1
+    fast = timed(lambda: glimpse_sensor(batch["images"], l, 12, 4), repeat=20, device=device)
+    slow = timed(lambda: glimpse_sensor_loop(batch["images"], l, 12, 4), repeat=3, device=device)
+    rows.append(("RAM glimpse sensor, vectorised (128 x 4 scales, 100x100)", fast, f"{slow / fast:,.1f}x the loop"))
+    rows.append(("RAM glimpse sensor, per-sample loop (same)", slow, ""))
+    return rows
 
 
 if __name__ == "__main__":

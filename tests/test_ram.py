@@ -1,0 +1,115 @@
+"""RAM: the glimpse sensor against a plain loop, shapes and errors, the policy gradient, learning."""
+
+import math
+
+import pytest
+import torch
+
+from attn_course.attention import glimpse
+from attn_course.ram import (PAPER_CONFIGS, RAMConfig, RecurrentAttentionModel, gaussian_log_likelihood,
+                             glimpse_sensor, glimpse_sensor_loop, hybrid_loss)
+
+
+@pytest.mark.parametrize("size,g,k", [(28, 8, 1), (28, 8, 3), (60, 12, 3), (100, 12, 4)])
+def test_sensor_matches_crop_and_average_loop(size, g, k):
+    gen = torch.Generator().manual_seed(size + k)
+    images = torch.rand(16, 1, size, size, generator=gen)
+    # locations on the pixel grid, including the corners, where patches hang over the edge
+    l = torch.randint(0, size + 1, (16, 2), generator=gen).float() / (size / 2) - 1
+    l[0] = torch.tensor([-1.0, -1.0])
+    l[1] = torch.tensor([1.0, 1.0])
+    fast = glimpse_sensor(images, l, g, k)
+    assert fast.shape == (16, k, 1, g, g)
+    assert torch.allclose(fast, glimpse_sensor_loop(images, l, g, k), atol=1e-5)
+
+
+def test_sensor_is_bilinear_between_pixels_and_zero_outside():
+    images = torch.rand(4, 1, 28, 28)
+    l = torch.tensor([[0.13, -0.41], [0.5, 0.27], [-0.77, 0.01], [0.0, 0.9]])
+    patch = glimpse_sensor(images, l, 8, 1)[:, 0]
+    assert torch.allclose(patch, glimpse(images, l[:, 0], l[:, 1], 8 / 28, 0.0, 8), atol=1e-5)
+    corner = glimpse_sensor(torch.ones(1, 1, 28, 28), torch.tensor([[-1.0, -1.0]]), 8, 1)[0, 0, 0]
+    assert corner[:4, :4].eq(0).all() and corner[4:, 4:].eq(1).all()  # three quarters outside the image
+
+
+def test_sensor_errors():
+    images = torch.rand(2, 1, 28, 28)
+    with pytest.raises(ValueError, match=r"\(B, C, H, W\)"):
+        glimpse_sensor(images[0], torch.zeros(2, 2), 8, 1)
+    with pytest.raises(ValueError, match=r"shape \(2, 2\)"):
+        glimpse_sensor(images, torch.zeros(3, 2), 8, 1)
+    with pytest.raises(ValueError, match=r"\[-1, 1\]"):
+        glimpse_sensor(images, torch.full((2, 2), 1.5), 8, 1)
+    with pytest.raises(ValueError, match="larger than the image"):
+        RAMConfig(image_size=28, glimpse_size=32)
+    model = RecurrentAttentionModel(PAPER_CONFIGS["mnist28"])
+    with pytest.raises(ValueError, match=r"\(B, 1, 28, 28\)"):
+        model(torch.rand(2, 1, 60, 60))
+
+
+def test_forward_shapes_and_deterministic_evaluation():
+    config = PAPER_CONFIGS["translated60"]
+    model = RecurrentAttentionModel(config)
+    images = torch.rand(5, 1, 60, 60)
+    out = model(images, generator=torch.Generator().manual_seed(0))
+    T = config.num_glimpses
+    assert out["log_probs"].shape == (5, 10) and out["locations"].shape == (T, 5, 2)
+    assert out["log_pi"].shape == (5, T - 1) and out["baselines"].shape == (5, T)
+    assert out["locations"].abs().max() <= 1
+    l_0 = torch.zeros(5, 2)
+    a, b = model(images, l_0=l_0, sample=False), model(images, l_0=l_0, sample=False)
+    assert torch.equal(a["locations"], b["locations"]) and torch.equal(a["log_probs"], b["log_probs"])
+
+
+def test_gaussian_policy_gradient_is_l_minus_mu_over_sigma_squared():
+    mu = torch.randn(7, 2, requires_grad=True)
+    l = torch.randn(7, 2)
+    gaussian_log_likelihood(l, mu, 0.3).sum().backward()
+    assert torch.allclose(mu.grad, (l - mu.detach()) / 0.3 ** 2, atol=1e-5)
+
+
+def test_hybrid_loss_trains_each_part_by_its_own_rule():
+    model = RecurrentAttentionModel(PAPER_CONFIGS["mnist28"])
+    images, labels = torch.rand(8, 1, 28, 28), torch.randint(0, 10, (8,))
+    loss, metrics = hybrid_loss(model(images), labels)
+    loss.backward()
+    for name, part in (("location", model.location_network), ("baseline", model.baseline_network),
+                       ("action", model.action_network), ("core", model.core_network)):
+        assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in part.parameters()), name
+    assert 0 <= float(metrics["accuracy"]) <= 1
+
+
+def test_core_can_be_an_lstm_and_bad_core_is_refused():
+    model = RecurrentAttentionModel(RAMConfig(core="lstm"))
+    assert model(torch.rand(3, 1, 28, 28))["log_probs"].shape == (3, 10)
+    with pytest.raises(ValueError, match="core must be"):
+        RAMConfig(core="gru")
+
+
+def test_ram_learns_a_location_dependent_task():
+    """Class = which quadrant holds the bright square: only learnable by looking around."""
+    torch.manual_seed(0)
+    config = RAMConfig(image_size=28, glimpse_size=8, num_scales=2, num_glimpses=3, hidden=64,
+                       glimpse_hidden=32, glimpse_features=64, num_classes=4, std=0.2)
+    model = RecurrentAttentionModel(config)
+    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
+    corners = [(2, 2), (2, 18), (18, 2), (18, 18)]
+
+    def batch(n):
+        labels = torch.randint(0, 4, (n,))
+        images = torch.zeros(n, 1, 28, 28)
+        for i, c in enumerate(labels.tolist()):
+            y, x = corners[c]
+            images[i, 0, y:y + 8, x:x + 8] = 1.0
+        return images, labels
+
+    for _ in range(150):
+        images, labels = batch(64)
+        loss, _ = hybrid_loss(model(images), labels)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    images, labels = batch(500)
+    with torch.no_grad():
+        accuracy = (model(images, sample=False)["log_probs"].argmax(-1) == labels).float().mean()
+    assert accuracy > 0.9

@@ -3,7 +3,7 @@
 A chapter supplies three small functions and a config; :func:`fit` does the rest:
 
 ``sample_batch(generator, batch_size)``
-    a training batch, drawn with the given ``torch.Generator`` (so the data order
+    a training batch, drawn with the given CPU ``torch.Generator`` (so the data order
     is part of the saved state and a resumed run sees the same batches);
 ``loss_fn(model, batch)``
     ``(loss, metrics)``: a scalar tensor and a dict of scalar metrics for the bar;
@@ -100,8 +100,12 @@ def _rng_state(generator: torch.Generator) -> dict[str, Any]:
     return state
 
 
-def _set_rng_state(generator: torch.Generator, state: Mapping[str, Any]) -> None:
-    generator.set_state(state["data_generator"])
+def _set_rng_state(generator: torch.Generator, state: Mapping[str, Any], step: int) -> None:
+    try:
+        generator.set_state(state["data_generator"])
+    except RuntimeError:  # saved by an older version that drew the data on the GPU
+        generator.manual_seed(1_000_003 * (step + 1))
+        print(f"note: the saved data order could not be restored here; batches from step {step} on are new draws")
     torch.set_rng_state(state["torch"])
     random.setstate(state["python"])
     np.random.set_state(state["numpy"])
@@ -109,12 +113,13 @@ def _set_rng_state(generator: torch.Generator, state: Mapping[str, Any]) -> None
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def make_generator(seed: int, device: torch.device | str = "cpu") -> torch.Generator:
-    """A ``torch.Generator`` on ``device`` seeded with ``seed``: the data order of a run."""
-    device = torch.device(device)
-    if device.type == "mps":  # MPS generators cannot save their state everywhere: draw on the CPU
-        device = torch.device("cpu")
-    return torch.Generator(device=device).manual_seed(seed)
+def make_generator(seed: int) -> torch.Generator:
+    """The data order of a run: a CPU ``torch.Generator`` seeded with ``seed``.
+
+    It lives on the CPU whatever the training device, so that a run draws the same
+    batches on every device and a state saved on a GPU resumes on a CPU.
+    """
+    return torch.Generator().manual_seed(seed)
 
 
 # --------------------------------------------------------------------------- the loop
@@ -163,7 +168,7 @@ def fit(
     amp_dtype = _amp_dtype(device) if use_amp else None
     scaler = torch.amp.GradScaler("cuda") if use_amp and amp_dtype == torch.float16 else None
 
-    generator = make_generator(config.seed, device)
+    generator = make_generator(config.seed)
     torch.manual_seed(config.seed)
     history = History()
     step = 0
@@ -209,7 +214,7 @@ def fit(
             scaler.load_state_dict(state["scaler"])
         history = History.from_state_dict(state["history"])
         step = int(state["step"])
-        _set_rng_state(generator, state["rng"])
+        _set_rng_state(generator, state["rng"], step)
 
     def run_evaluation() -> dict[str, float]:
         if evaluate is None:

@@ -40,8 +40,8 @@ class MNISTVariantTask:
     def sample(self, generator: torch.Generator, batch_size: int) -> dict[str, torch.Tensor]:
         """A training batch: ``images`` (B, 1, S, S) in [0, 1], ``labels`` (B,), ``boxes`` (B, 4)."""
         index = torch.randint(len(self.train_labels), (batch_size,), generator=generator, device=generator.device)
-        seed = int(torch.randint(2**31 - 1, (1,), generator=generator, device=generator.device).item())
-        index = index.to(self.device)
+        seed = int(torch.randint(2**31 - 1, (1,), generator=generator, device=generator.device))
+        index = index.to(self.device, non_blocking=True)
         return make_variant(
             self.variant, self.train_images[index], self.train_labels[index], seed=seed, device=self.device
         )

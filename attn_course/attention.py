@@ -1,15 +1,14 @@
 """The two basic attention mechanisms of chapter 0, reused by later chapters.
 
 *Hard* attention picks one region and reads only it: :func:`glimpse` crops a square
-window at a location, a scale and a rotation (equation (0.1) of chapter 0).
+window at a location, a scale and a rotation (equation (0.1) of chapter 0), and
+:func:`glimpse_corners` says where that window lies in the image, for drawing it.
 *Soft* attention reads everything, weighted: :func:`soft_attention` returns
 ``z = sum_i alpha_i v_i`` with ``alpha = softmax(e)`` (equation (0.2)), which is the
 expectation of the hard read :func:`hard_attention_sample` (equation (0.4)).
 """
 
 from __future__ import annotations
-
-import math
 
 import torch
 import torch.nn.functional as F
@@ -19,9 +18,11 @@ def _per_sample(value, batch: int, like: torch.Tensor, name: str) -> torch.Tenso
     """A float or a (B,) tensor as a (B,) tensor on ``like``'s device."""
     value = torch.as_tensor(value, dtype=like.dtype, device=like.device)
     if value.dim() == 0:
-        return value.expand(batch)
-    if value.shape != (batch,):
+        value = value.expand(batch)
+    elif value.shape != (batch,):
         raise ValueError(f"{name} must be a float or a tensor of shape ({batch},), got shape {tuple(value.shape)}")
+    if not torch.isfinite(value).all():
+        raise ValueError(f"{name} must be finite, got {value.tolist()}")
     return value
 
 
@@ -36,6 +37,10 @@ def glimpse_theta(x, y, scale, angle, height: int, width: int, batch: int, like:
 
     i.e. a rotation by ``a`` in pixel space of a box of side ``s`` times each image side,
     centred at (x, y) in the normalised coordinates of ``F.affine_grid`` (-1 left/top, 1 right/bottom).
+    As a matrix, ``theta = [[s cos a, -s r sin a, x], [s sin a / r, s cos a, y]]``; for a square
+    image (r = 1) this is the zoom-rotate-move of equation (0.1) in the notebook. In pixels,
+    ``(dcol, drow) = (s / 2) R(a) (W u, H v)`` with ``R(a)`` the rotation matrix, which is why
+    ``r`` appears: the normalised coordinates stretch differently along the two axes.
     """
     x, y, s, a = (_per_sample(v, batch, like, n) for v, n in ((x, "x"), (y, "y"), (scale, "scale"), (angle, "angle")))
     if torch.any(s <= 0):
@@ -86,14 +91,24 @@ def glimpse_corners(x, y, scale, angle, height: int, width: int) -> torch.Tensor
     return torch.stack([cols, rows], dim=-1)
 
 
-def soft_attention(scores: torch.Tensor, values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def soft_attention(scores: torch.Tensor, values: torch.Tensor,
+                   mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Soft attention, equation (0.2): ``alpha = softmax(e)``, ``z = sum_i alpha_i v_i``.
 
     ``scores`` (..., L), ``values`` (..., L, D). Returns ``(z, alpha)`` of shapes (..., D) and (..., L).
+    ``mask`` (..., L), optional, is True where a position may be attended to (e.g. not
+    padding); masked positions get weight exactly 0. Every row needs one allowed position.
     """
     if values.dim() < 2 or scores.shape != values.shape[:-1]:
         raise ValueError(f"scores (..., L) must match values (..., L, D): got {tuple(scores.shape)} "
                          f"and {tuple(values.shape)}")
+    if mask is not None:
+        if mask.shape != scores.shape or mask.dtype != torch.bool:
+            raise ValueError(f"mask must be a bool tensor shaped like scores {tuple(scores.shape)}, "
+                             f"got {mask.dtype} {tuple(mask.shape)}")
+        if not mask.any(-1).all():
+            raise ValueError("every row of mask needs at least one True position (nothing to attend to)")
+        scores = scores.masked_fill(~mask, float("-inf"))
     alpha = torch.softmax(scores, dim=-1)
     return torch.einsum("...l,...ld->...d", alpha, values), alpha
 
@@ -111,11 +126,10 @@ def hard_attention_sample(scores: torch.Tensor, values: torch.Tensor, num_sample
                          f"and {tuple(values.shape)}")
     if not isinstance(num_samples, int) or num_samples < 1:
         raise ValueError(f"num_samples must be a positive int, got {num_samples!r}")
+    if generator is not None and generator.device.type != scores.device.type:
+        raise ValueError(f"the generator is on {generator.device} but the scores are on {scores.device}: "
+                         f"make it with torch.Generator(device=scores.device)")
     alpha = torch.softmax(scores, dim=-1)
     positions = torch.multinomial(alpha, num_samples, replacement=True, generator=generator)  # (B, M)
     read = torch.gather(values, 1, positions.unsqueeze(-1).expand(-1, -1, values.shape[-1]))  # (B, M, D)
     return read.transpose(0, 1), positions.T
-
-
-def degrees(radians: float) -> float:
-    return radians * 180.0 / math.pi

@@ -1,14 +1,16 @@
 """Drawing primitives shared by the chapters.
 
 Every function draws with matplotlib and returns what it drew on, so a notebook can
-add to it. :func:`animation_html` turns a frame-drawing function into a JavaScript
-animation (``to_jshtml``) that plays in the built book with no kernel.
+add to it. :func:`animate` (built on :func:`animation_html`) turns a frame-drawing
+function, or a list of drawers, into a JavaScript animation (``to_jshtml``) that plays
+in the built book with no kernel.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Callable, Sequence
+from contextlib import contextmanager
 
 import matplotlib
 import matplotlib.pyplot as plt
@@ -62,15 +64,27 @@ def show_image(ax, image, title: str | None = None, cmap: str = "gray"):
     return ax
 
 
-def image_grid(images: Sequence, nrow: int = 8, titles: Sequence[str] | None = None, size: float = 1.4):
-    """Images in a grid of ``nrow`` columns; returns ``(figure, axes)``."""
+def image_grid(images: Sequence, nrow: int = 8, titles: Sequence[str] | None = None, size: float = 1.4,
+               ax=None, pad: int = 1):
+    """Images in a grid of ``nrow`` columns.
+
+    Without ``ax``: one small axes per image (with optional ``titles``) in a new figure;
+    returns ``(figure, axes)`` with ``axes`` of shape (rows, nrow). With ``ax``: the images
+    (all of one shape) tiled into a single mosaic, ``pad`` pixels apart, drawn on ``ax``;
+    returns ``(ax.figure, ax)`` and the titles, if any, become the axes' title joined by spaces.
+    """
     images = list(images)
     if not images:
         raise ValueError("image_grid needs at least one image")
+    if nrow < 1:
+        raise ValueError(f"nrow must be positive, got {nrow}")
     if titles is not None and len(titles) != len(images):
         raise ValueError(f"got {len(titles)} titles for {len(images)} images")
     ncol = min(nrow, len(images))
     rows = -(-len(images) // ncol)
+    if ax is not None:
+        show_image(ax, mosaic(images, ncol, pad), " ".join(titles) if titles else None)
+        return ax.figure, ax
     fig, axes = plt.subplots(rows, ncol, figsize=(size * ncol, size * rows + (0.25 * rows if titles else 0)),
                              squeeze=False)
     for index, ax in enumerate(axes.flat):
@@ -82,11 +96,28 @@ def image_grid(images: Sequence, nrow: int = 8, titles: Sequence[str] | None = N
     return fig, axes
 
 
-def draw_box(ax, box, color: str = GLIMPSE_COLOR, linewidth: float = 1.5, **kwargs):
+def mosaic(images: Sequence, ncol: int, pad: int = 1, fill: float = 0.0) -> np.ndarray:
+    """Images of one shape tiled row by row into one array, ``ncol`` per row, ``pad`` pixels of ``fill`` apart."""
+    arrays = [to_numpy(image) for image in images]
+    shape = arrays[0].shape
+    if any(a.shape != shape for a in arrays):
+        raise ValueError(f"a mosaic needs images of one shape, got {sorted({a.shape for a in arrays})}")
+    rows = -(-len(arrays) // ncol)
+    height, width = shape[:2]
+    out = np.full((rows * (height + pad) - pad, ncol * (width + pad) - pad) + shape[2:], fill, dtype=float)
+    for index, array in enumerate(arrays):
+        top, left = (index // ncol) * (height + pad), (index % ncol) * (width + pad)
+        out[top:top + height, left:left + width] = array
+    return out
+
+
+def draw_box(ax, box, color: str = GLIMPSE_COLOR, linewidth: float = 1.5, keep_limits: bool = True, **kwargs):
     """A box on an image: axis-aligned ``(x0, y0, x1, y1)`` in pixels, or 4 corners ``[(col, row), ...]``.
 
     Axis-aligned boxes are pixel-edge boxes (a 28-pixel box starting at 0 covers pixels
-    0..27); corners are drawn as given. Returns the patch.
+    0..27); corners are drawn as given. With ``keep_limits`` (the default) the axes keep
+    their limits, so a glimpse that pokes out of the image is cut at the image's edge
+    instead of shrinking the image. Returns the patch.
     """
     box = np.asarray(box.detach().cpu() if isinstance(box, torch.Tensor) else box, dtype=float)
     if box.shape == (4,):
@@ -97,8 +128,23 @@ def draw_box(ax, box, color: str = GLIMPSE_COLOR, linewidth: float = 1.5, **kwar
         patch = Polygon(box, closed=True, fill=False, edgecolor=color, linewidth=linewidth, **kwargs)
     else:
         raise ValueError(f"expected a box (x0, y0, x1, y1) or 4 corners of shape (4, 2), got shape {box.shape}")
-    ax.add_patch(patch)
+    with _image_frame(ax, keep_limits):
+        ax.add_patch(patch)
     return patch
+
+
+@contextmanager
+def _image_frame(ax, keep: bool = True):
+    """Keep the axes' view on the image while drawing over it (and stop later plots from widening it)."""
+    if not (keep and ax.images):
+        yield
+        return
+    xlim, ylim = ax.get_xlim(), ax.get_ylim()
+    try:
+        yield
+    finally:
+        ax.set_xlim(*xlim)  # fixing the limits also switches off autoscaling for later artists
+        ax.set_ylim(*ylim)
 
 
 def draw_trajectory(ax, points, color: str = GLIMPSE_COLOR, markersize: float = 7, **kwargs):
@@ -106,10 +152,11 @@ def draw_trajectory(ax, points, color: str = GLIMPSE_COLOR, markersize: float = 
     points = np.asarray(points.detach().cpu() if isinstance(points, torch.Tensor) else points, dtype=float)
     if points.ndim != 2 or points.shape[1] != 2 or len(points) == 0:
         raise ValueError(f"expected points of shape (T, 2) with T >= 1, got {points.shape}")
-    line, = ax.plot(points[:, 0], points[:, 1], "-", color=color, linewidth=1.2, **kwargs)
-    ax.plot(*points[0], "o", color=color, markersize=markersize)
-    ax.plot(*points[-1], "o", markerfacecolor="none", markeredgecolor=color, markersize=markersize,
-            markeredgewidth=1.5)
+    with _image_frame(ax):
+        line, = ax.plot(points[:, 0], points[:, 1], "-", color=color, linewidth=1.2, **kwargs)
+        ax.plot(*points[0], "o", color=color, markersize=markersize)
+        ax.plot(*points[-1], "o", markerfacecolor="none", markeredgecolor=color, markersize=markersize,
+                markeredgewidth=1.5)
     return line
 
 
@@ -169,7 +216,8 @@ def animation_html(draw_frame: Callable[[object, int], None], num_frames: int, f
     """An animation as self-contained HTML (``to_jshtml``): plays in the built book, no kernel needed.
 
     ``draw_frame(axes, t)`` draws frame ``t`` on freshly cleared axes (one axes, or an
-    array of ``ncols`` of them).
+    array of ``ncols`` of them). The figure is closed afterwards, so a notebook shows
+    only the animation: ``display(HTML(animation_html(...)))``.
     """
     if num_frames < 1:
         raise ValueError(f"num_frames must be positive, got {num_frames}")
@@ -182,10 +230,33 @@ def animation_html(draw_frame: Callable[[object, int], None], num_frames: int, f
         draw_frame(target, t)
         return list(axes.flat)
 
-    movie = animation.FuncAnimation(fig, update, frames=num_frames, interval=interval, blit=False)
-    html = movie.to_jshtml(default_mode="loop")
-    plt.close(fig)
+    try:
+        movie = animation.FuncAnimation(fig, update, frames=num_frames, interval=interval, blit=False)
+        html = movie.to_jshtml(default_mode="loop")
+    finally:
+        plt.close(fig)
     return offline_jshtml(html)
+
+
+def animate(frames: Callable[[object, int], None] | Sequence[Callable[[object], None]],
+            num_frames: int | None = None, interval: int = 300, figsize=(4, 4), ncols: int = 1) -> str:
+    """The HTML of an offline JavaScript animation, from a frame function or a list of drawers.
+
+    ``frames`` is either ``draw_frame(axes, t)`` (then ``num_frames`` is required), or a
+    list of callables ``draw(axes)``, one per frame (then ``num_frames`` defaults to its
+    length). Show it with ``display(HTML(animate(...)))``.
+    """
+    if callable(frames):
+        if num_frames is None:
+            raise ValueError("animate(draw_frame, num_frames): give the number of frames")
+        return animation_html(frames, num_frames, figsize=figsize, interval=interval, ncols=ncols)
+    drawers = list(frames)
+    if not drawers or not all(callable(d) for d in drawers):
+        raise ValueError("animate needs a frame function or a non-empty list of callables draw(axes)")
+    if num_frames is not None and num_frames != len(drawers):
+        raise ValueError(f"num_frames={num_frames} but {len(drawers)} drawers were given")
+    return animation_html(lambda axes, t: drawers[t](axes), len(drawers), figsize=figsize, interval=interval,
+                          ncols=ncols)
 
 
 def offline_jshtml(html: str) -> str:

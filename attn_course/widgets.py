@@ -3,8 +3,15 @@
 The pattern every chapter follows: a *pure* function maps slider values to a
 matplotlib figure (tests call it directly, and the book shows its output as a static
 figure), and :func:`interactive_figure` wraps it in ipywidgets controls that redraw
-it in a live kernel. The widget keeps the last figure it drew in ``widget.figure``
-so that tests can drive the sliders and check what changed.
+it in a live kernel. The widget keeps the last figure it drew in ``widget.figure``,
+counts its redraws in ``widget.update_count`` and times the last one in
+``widget.last_update_seconds``, so that tests can drive the sliders and check what
+changed, and how fast.
+
+A later chapter needs only a pure function and its controls::
+
+    def attention_figure(step, head): ...            # -> matplotlib Figure
+    interactive_figure(attention_figure, step=W.IntSlider(0, 0, 9), head=W.IntSlider(0, 0, 3))
 """
 
 from __future__ import annotations
@@ -31,6 +38,7 @@ class FigureWidget(W.VBox):
         self.output = W.Output()
         self.figure: plt.Figure | None = None
         self.last_update_seconds: float | None = None
+        self.update_count = 0
         super().__init__([W.HBox(list(controls.values()), layout=W.Layout(flex_flow="row wrap")), self.output])
         for control in controls.values():
             control.observe(self._redraw, names="value")
@@ -45,8 +53,9 @@ class FigureWidget(W.VBox):
         with self.output:
             self.output.clear_output(wait=True)
             display(figure)
-        plt.close(figure)
+        plt.close(figure)  # displayed once, in the output area; never again by the notebook
         self.figure = figure
+        self.update_count += 1
         self.last_update_seconds = time.perf_counter() - start
 
 
@@ -108,4 +117,75 @@ def glimpse_explorer(images, size: int = 16) -> FigureWidget:
         scale=W.FloatSlider(0.5, min=0.1, max=1.5, step=0.05, description="scale", style=style),
         angle=W.FloatSlider(0.0, min=-180.0, max=180.0, step=5.0, description="angle (deg)", style=style),
         size=W.IntSlider(size, min=4, max=32, description="glimpse pixels", style=style),
+    )
+
+
+# --------------------------------------------------------------------------- chapter 1: RAM
+
+
+def sensor_figure(image, x: float, y: float, glimpse_size: int = 12, num_scales: int = 3) -> plt.Figure:
+    """RAM's glimpse sensor rho(x, l): the image with the k patch outlines, and the k patches it returns."""
+    from .ram import glimpse_sensor
+
+    image = _as_chw(image)
+    height, width = image.shape[1:]
+    l = torch.tensor([[x, y]], dtype=image.dtype)
+    patches = glimpse_sensor(image[None], l, glimpse_size, num_scales)[0]  # (k, C, g, g)
+    fig, axes = plt.subplots(1, num_scales + 1, figsize=(2.6 * (num_scales + 1), 2.8),
+                             gridspec_kw={"width_ratios": [1.6] + [1] * num_scales})
+    show_image(axes[0], image, "rho(x, l): where")
+    cx, cy = (x + 1) * width / 2 - 0.5, (y + 1) * height / 2 - 0.5
+    for i in range(num_scales):
+        half = glimpse_size * 2 ** i / 2
+        draw_box(axes[0], (cx - half + 0.5, cy - half + 0.5, cx + half + 0.5, cy + half + 0.5),
+                 color=plt.cm.viridis(0.2 + 0.6 * i / max(num_scales - 1, 1)))
+        show_image(axes[i + 1], patches[i], f"scale {i + 1}: {glimpse_size * 2 ** i}px -> {glimpse_size}px")
+    axes[0].set_xlim(-0.5, width - 0.5)
+    axes[0].set_ylim(height - 0.5, -0.5)
+    fig.tight_layout()
+    return fig
+
+
+def sensor_explorer(images, glimpse_size: int = 12, num_scales: int = 3) -> FigureWidget:
+    """Sliders for the glimpse sensor: location, patch size, number of scales, image."""
+    images = torch.as_tensor(images)
+    if images.dim() not in (3, 4) or len(images) == 0:
+        raise ValueError(f"expected a non-empty batch of images (N, H, W) or (N, C, H, W), got {tuple(images.shape)}")
+    style = {"description_width": "initial"}
+    return interactive_figure(
+        lambda index, x, y, glimpse_size, num_scales: sensor_figure(images[index], x, y, glimpse_size, num_scales),
+        index=W.IntSlider(0, 0, len(images) - 1, description="image", style=style),
+        x=W.FloatSlider(0.0, min=-1.0, max=1.0, step=0.05, description="l_x", style=style),
+        y=W.FloatSlider(0.0, min=-1.0, max=1.0, step=0.05, description="l_y", style=style),
+        glimpse_size=W.IntSlider(glimpse_size, min=4, max=16, description="g (pixels)", style=style),
+        num_scales=W.IntSlider(num_scales, min=1, max=4, description="k (scales)", style=style),
+    )
+
+
+def policy_figure(std: float, mu=(0.3, -0.2), num_samples: int = 400, seed: int = 0, image=None) -> plt.Figure:
+    """Locations sampled from RAM's Gaussian policy N(mu, std^2 I), clamped to the image [-1, 1]^2."""
+    if not std > 0:
+        raise ValueError(f"std must be positive, got {std}")
+    generator = torch.Generator().manual_seed(seed)
+    samples = (torch.tensor(mu) + std * torch.randn(num_samples, 2, generator=generator)).clamp(-1, 1)
+    fig, ax = plt.subplots(figsize=(3.4, 3.4))
+    if image is not None:
+        ax.imshow(_as_chw(image)[0], cmap="gray", extent=(-1, 1, 1, -1))
+    ax.scatter(samples[:, 0], samples[:, 1], s=6, alpha=0.5, color="#ff7f0e", label="sampled l_t")
+    ax.plot(*mu, "+", color="#2ca02c", markersize=14, markeredgewidth=2, label="mean mu_t")
+    ax.set_xlim(-1, 1)
+    ax.set_ylim(1, -1)
+    ax.set_aspect("equal")
+    ax.set_title(f"sigma = {std:.2f}", fontsize=10)
+    ax.legend(loc="lower left", fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def policy_explorer(image=None) -> FigureWidget:
+    """A slider for the policy's standard deviation, showing the spread of sampled locations."""
+    return interactive_figure(
+        lambda std: policy_figure(std, image=image),
+        std=W.FloatSlider(0.15, min=0.01, max=0.6, step=0.01, description="sigma",
+                          style={"description_width": "initial"}),
     )

@@ -69,3 +69,47 @@ def test_soft_attention_is_the_mean_of_hard_attention():
     assert errors[1] < 0.02 and errors[1] < errors[0] / 5
     with pytest.raises(ValueError, match="must match"):
         soft_attention(torch.randn(4, 5), values)
+
+
+def test_glimpse_pixels_lie_where_the_corners_say_even_rotated_on_a_wide_image():
+    # On a ramp image(row, col) = col, bilinear sampling returns the column it samples at,
+    # so each glimpse pixel must equal the column of its centre inside the drawn box.
+    height, width, size = 20, 30, 6
+    columns = torch.arange(width, dtype=torch.float32).expand(height, width)[None, None]
+    x, y, scale, angle = 0.1, -0.05, 0.4, 0.7
+    out = glimpse(columns, x, y, scale, angle, size)[0, 0]
+    c = glimpse_corners(x, y, scale, angle, height, width)[0]  # top-left, top-right, bottom-right, bottom-left
+    frac = (torch.arange(size, dtype=torch.float32) + 0.5) / size
+    centres = c[0] + frac.view(1, -1, 1) * (c[1] - c[0]) + frac.view(-1, 1, 1) * (c[3] - c[0])
+    assert torch.allclose(out, centres[..., 0], atol=1e-4)
+    # the box is the image's shape scaled by s, then turned: sides s*W and s*H, right angles
+    top, left = c[1] - c[0], c[3] - c[0]
+    assert math.isclose(top.norm().item(), scale * width, rel_tol=1e-5)
+    assert math.isclose(left.norm().item(), scale * height, rel_tol=1e-5)
+    assert abs(torch.dot(top, left).item()) < 1e-3
+    assert math.isclose(math.atan2(top[1].item(), top[0].item()), angle, rel_tol=1e-5)
+
+
+def test_glimpse_rejects_non_finite_parameters_and_bad_sizes():
+    with pytest.raises(ValueError, match="angle must be finite"):
+        glimpse(torch.rand(1, 1, 8, 8), 0.0, 0.0, 0.5, float("nan"))
+    with pytest.raises(ValueError, match="size must be a positive int"):
+        glimpse(torch.rand(1, 1, 8, 8), 0.0, 0.0, 0.5, 0.0, size=0)
+
+
+def test_soft_attention_mask_and_hard_sampling_frequencies():
+    scores = torch.tensor([[0.0, 1.0, 2.0, 3.0]])
+    values = torch.eye(4)[None]  # one-hot values: the read is the weight vector itself
+    z, alpha = soft_attention(scores, values, mask=torch.tensor([[True, True, False, True]]))
+    assert alpha[0, 2] == 0 and torch.allclose(alpha.sum(-1), torch.ones(1))
+    assert torch.allclose(z, alpha)
+    with pytest.raises(ValueError, match="at least one True"):
+        soft_attention(scores, values, mask=torch.zeros(1, 4, dtype=torch.bool))
+    with pytest.raises(ValueError, match="bool tensor"):
+        soft_attention(scores, values, mask=torch.ones(1, 3, dtype=torch.bool))
+    g = torch.Generator().manual_seed(3)
+    _, positions = hard_attention_sample(scores, values, 40_000, generator=g)
+    frequencies = torch.bincount(positions[:, 0], minlength=4).float() / 40_000
+    assert torch.allclose(frequencies, torch.softmax(scores[0], -1), atol=0.01)
+    with pytest.raises(ValueError, match="num_samples"):
+        hard_attention_sample(scores, values, 0)

@@ -64,3 +64,48 @@ def test_animation_is_self_contained_html():
     assert "_anim_img" in html and html.count("data:image/png;base64") >= 3
     assert set(drawn) == {0, 1, 2}
     assert "http://" not in html and "https://" not in html
+
+
+def test_image_grid_on_given_axes_is_one_mosaic():
+    fig, ax = plt.subplots()
+    images = [torch.full((3, 4), float(i) / 5) for i in range(5)]
+    out_fig, out_ax = viz.image_grid(images, nrow=3, titles=list("abcde"), ax=ax, pad=1)
+    assert out_ax is ax and out_fig is fig and len(fig.axes) == 1
+    array = ax.images[0].get_array()
+    assert array.shape == (2 * 3 + 1, 3 * 4 + 2)
+    assert np.allclose(array[4:7, 5:9], 4 / 5) and np.allclose(array[4:7, 10:14], 0.0)  # 5th image, empty slot
+    assert ax.get_title() == "a b c d e"
+    with pytest.raises(ValueError, match="one shape"):
+        viz.image_grid([torch.rand(3, 3), torch.rand(4, 4)], ax=ax)
+    plt.close(fig)
+
+
+def test_animate_takes_a_list_of_drawers_and_closes_its_figure():
+    open_before = plt.get_fignums()
+    seen = []
+    drawers = [lambda ax, k=k: (seen.append(k), ax.plot([0, k], [0, 1])) for k in range(4)]
+    html = viz.animate(drawers, interval=100, figsize=(2, 2))
+    assert html.count("data:image/png;base64") >= 4 and set(seen) == {0, 1, 2, 3}
+    assert "font-awesome" not in html and "anim-glyph" in html
+    assert plt.get_fignums() == open_before
+    with pytest.raises(ValueError, match="number of frames"):
+        viz.animate(lambda ax, t: None)
+    with pytest.raises(ValueError, match="num_frames=2 but 4"):
+        viz.animate(drawers, num_frames=2)
+
+
+def test_a_box_poking_out_of_the_image_keeps_the_image_frame():
+    fig, ax = plt.subplots()
+    viz.show_image(ax, torch.rand(10, 10))
+    viz.draw_box(ax, torch.tensor([[-5.0, -5.0], [20, -5], [20, 20], [-5, 20]]))
+    viz.draw_trajectory(ax, [(2, 2), (7, 7)])  # a later plot must not widen the view to the box either
+    fig.canvas.draw()
+    assert ax.get_xlim() == (-0.5, 9.5) and ax.get_ylim() == (9.5, -0.5)
+    plt.close(fig)
+    fig, ax = plt.subplots()
+    viz.show_image(ax, torch.rand(10, 10))
+    viz.draw_box(ax, (0, 0, 30, 30), keep_limits=False)
+    ax.plot([1], [1])  # matplotlib's own behaviour: the next plot widens the view to the box
+    fig.canvas.draw()
+    assert ax.get_xlim()[1] > 9.5
+    plt.close(fig)

@@ -41,7 +41,10 @@ def test_explorer_redraws_when_a_slider_moves():
     widget.controls["x"].value = 0.5
     corners = widget.figure.axes[0].patches[0].get_xy()[:4]
     assert np.isclose(np.mean(corners[:, 0]), (0.5 + 1) * 14 - 0.5)
-    assert widget.last_update_seconds < 2.0
+    assert widget.update_count == 3  # the first drawing and one per slider move
+    widget.controls["angle"].value = 90.0
+    assert widget.update_count == 4 and len(widget.figure.axes[0].patches) == 1
+    assert widget.last_update_seconds < 2.0  # typically under 0.1 s; generous for a loaded CI machine
 
 
 def test_interactive_figure_needs_controls_and_checks_images():
@@ -49,3 +52,29 @@ def test_interactive_figure_needs_controls_and_checks_images():
         interactive_figure(lambda: None)
     with pytest.raises(ValueError, match="non-empty batch"):
         glimpse_explorer(torch.zeros(0, 28, 28))
+
+
+def test_sensor_figure_and_explorer():
+    from attn_course.widgets import sensor_explorer, sensor_figure
+
+    image = torch.rand(60, 60)
+    fig = sensor_figure(image, 0.0, 0.0, glimpse_size=12, num_scales=3)
+    assert len(fig.axes) == 4 and len(fig.axes[0].patches) == 3
+    widths = sorted(p.get_width() for p in fig.axes[0].patches)
+    assert widths == [12, 24, 48]
+    widget = sensor_explorer(torch.rand(3, 60, 60))
+    widget.controls["num_scales"].value = 2
+    assert len(widget.figure.axes) == 3
+
+
+def test_policy_figure_spread_follows_sigma():
+    from attn_course.widgets import policy_explorer, policy_figure
+
+    narrow = policy_figure(0.05).axes[0].collections[0].get_offsets()
+    wide = policy_figure(0.4).axes[0].collections[0].get_offsets()
+    assert np.std(narrow, axis=0).max() < 0.07 < np.std(wide, axis=0).min()
+    widget = policy_explorer()
+    widget.controls["std"].value = 0.3
+    assert "0.30" in widget.figure.axes[0].get_title()
+    with pytest.raises(ValueError, match="std must be positive"):
+        policy_figure(0.0)

@@ -76,6 +76,22 @@ def test_truncated_gzip_is_a_clear_error(tmp_path):
         m.verified_payload(raw[: len(raw) // 2], spec, "x.gz")
 
 
+def test_truncated_file_under_its_real_name_is_refused(tmp_path):
+    directory = tmp_path / "mnist"
+    directory.mkdir()
+    for spec in m.MNIST_FILES.values():
+        (directory / spec.name).write_bytes(gzip.compress(fake_idx((2,)))[:-6])
+    status = verify_mnist(tmp_path)
+    assert all(s.startswith("corrupt:") and "not a complete gzip file" in s for s in status.values())
+    with pytest.raises(m.MNISTChecksumError, match=r"t10k-images-idx3-ubyte\.gz.*delete it"):
+        load_mnist("test", root=tmp_path, download=False)
+
+
+def test_verify_reports_missing_without_downloading(tmp_path, monkeypatch):
+    monkeypatch.setattr(m, "_fetch", lambda url, timeout=30.0: pytest.fail("verify_mnist must not download"))
+    assert verify_mnist(tmp_path) == {spec.name: "missing" for spec in m.MNIST_FILES.values()}
+
+
 def test_corrupt_real_file_is_reported_and_refused(tmp_path, monkeypatch):
     directory = tmp_path / "mnist"
     directory.mkdir()
@@ -126,6 +142,32 @@ def test_download_falls_back_to_the_next_mirror_and_writes_atomically(tmp_path, 
     assert calls == [m.MIRRORS[0] + spec.name, m.MIRRORS[1] + spec.name]
     assert (tmp_path / spec.name).read_bytes() == raw
     assert [p.name for p in tmp_path.iterdir()] == [spec.name]  # no temporary file left behind
+
+
+@needs_mnist
+def test_load_downloads_verifies_and_caches(tmp_path, monkeypatch):
+    shared = Path(DATA) / "mnist"
+    calls = []
+
+    def fetch(url, timeout=30.0):  # the first mirror serves garbage, the second the real files
+        calls.append(url)
+        if url.startswith(m.MIRRORS[0]):
+            return gzip.compress(b"not mnist")
+        return (shared / url.rsplit("/", 1)[1]).read_bytes()
+
+    monkeypatch.setattr(m, "_fetch", fetch)
+    images, labels = load_mnist("test", root=tmp_path)
+    assert len(calls) == 2 * len(m.MNIST_FILES)
+    assert sorted(p.name for p in (tmp_path / "mnist").iterdir()) == sorted(f.name for f in m.MNIST_FILES.values())
+    reference_images, reference_labels = load_mnist("test")
+    assert torch.equal(images, reference_images) and torch.equal(labels, reference_labels)
+    assert set(verify_mnist(tmp_path).values()) == {"ok"}
+
+    # A second call neither downloads nor verifies again: the parsed tensors are cached.
+    monkeypatch.setattr(m, "_fetch", lambda url, timeout=30.0: pytest.fail("downloaded again"))
+    monkeypatch.setattr(m, "verified_payload", lambda *a: pytest.fail("verified again"))
+    again, _ = load_mnist("test", root=tmp_path, device="cpu")
+    assert torch.equal(again, images)
 
 
 def test_download_of_bad_bytes_everywhere_leaves_nothing(tmp_path, monkeypatch):
@@ -210,6 +252,57 @@ def test_plain_mnist_variant_and_errors():
         cluttered_mnist(images, labels, distractor_size=40)
     with pytest.raises(ValueError, match="at least 2 images"):
         cluttered_mnist(images[:1], labels[:1])
+    with pytest.raises(ValueError, match="num_distractors"):
+        cluttered_mnist(images, labels, num_distractors=-1)
+    with pytest.raises(ValueError, match="uint8"):
+        translated_mnist(images.int(), labels)
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        translated_mnist(images.float(), labels)  # 0..255 floats: not divided by 255
+    with pytest.raises(ValueError, match="chunk_size"):
+        translated_mnist(images, labels, chunk_size=0)
+    assert translated_mnist(images[:1], labels[:1])["images"].shape == (1, 1, 60, 60)  # no distractors: 1 is fine
+
+
+def test_float_input_and_label_dtype_match_the_uint8_path():
+    images, labels = digits(n=16)
+    a = cluttered_mnist(images, labels.int(), size=40, num_distractors=3, distractor_size=10, seed=3)
+    b = cluttered_mnist(images.float() / 255, labels, size=40, num_distractors=3, distractor_size=10, seed=3)
+    assert torch.equal(a["images"], b["images"]) and a["labels"].dtype == torch.int64
+    assert a["images"].shape == (16, 1, 40, 40) and a["boxes"].dtype == torch.float32
+
+
+def test_generation_is_vectorised_over_images():
+    """The number of tensor operations must not grow with the number of images."""
+    dispatch = pytest.importorskip("torch.utils._python_dispatch")
+
+    class Count(dispatch.TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.ops = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.ops += 1
+            return func(*args, **(kwargs or {}))
+
+    counts = []
+    for n in (10, 300):
+        images, labels = digits(n=n)
+        with Count() as mode:
+            make_variant("cluttered100", images, labels, seed=0)
+        counts.append(mode.ops)
+    assert counts[0] == counts[1], counts
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_matches_cpu():
+    images, labels = digits()
+    cpu = make_variant("cluttered60", images, labels, seed=4)
+    gpu = make_variant("cluttered60", images, labels, seed=4, device="cuda")
+    assert gpu["images"].is_cuda and gpu["boxes"].is_cuda and gpu["labels"].is_cuda
+    assert torch.equal(cpu["boxes"], gpu["boxes"].cpu()) and torch.equal(cpu["labels"], gpu["labels"].cpu())
+    # The same pixels; CUDA's division by 255 may round the last bit differently.
+    assert torch.equal((cpu["images"] * 255).round(), (gpu["images"].cpu() * 255).round())
+    assert torch.allclose(cpu["images"], gpu["images"].cpu(), rtol=0, atol=1e-6)
 
 
 @needs_mnist
@@ -218,6 +311,9 @@ def test_real_digits_in_clutter_are_fast_enough():
 
     images, labels = load_mnist("test")
     make_variant("cluttered60", images[:100], labels[:100])
-    start = time.perf_counter()
-    make_variant("cluttered60", images, labels, seed=0)
-    assert time.perf_counter() - start < 2.0  # 10,000 samples; about 0.12 s on two CPU cores
+    best = float("inf")
+    for seed in range(2):
+        start = time.perf_counter()
+        make_variant("cluttered60", images, labels, seed=seed)
+        best = min(best, time.perf_counter() - start)
+    assert best < 2.0  # 10,000 samples; about 0.1-0.4 s on two (busy) CPU cores

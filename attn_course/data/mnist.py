@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import http.client
 import os
+import sys
 import tempfile
 import urllib.error
 import urllib.request
@@ -26,6 +28,7 @@ import torch
 DATA_ENV = "ATTN_COURSE_DATA"
 DEFAULT_ROOT = Path("~/.cache/attn_course")
 SPLITS = ("train", "test")
+DOWNLOAD_TIMEOUT = 30.0  # seconds, per request
 
 MIRRORS = (
     "https://ossci-datasets.s3.amazonaws.com/mnist/",
@@ -117,9 +120,10 @@ def _download(spec: MNISTFile, directory: Path) -> list[str]:
     for mirror in MIRRORS:
         url = mirror + spec.name
         try:
-            raw = _fetch(url)
-            verified_payload(raw, spec, url)
-        except (urllib.error.URLError, OSError, ValueError) as error:
+            print(f"downloading {url}", file=sys.stderr, flush=True)
+            raw = _fetch(url, timeout=DOWNLOAD_TIMEOUT)
+            verified_payload(raw, spec, url)  # nothing is written unless it is the right file
+        except (urllib.error.URLError, http.client.HTTPException, OSError, ValueError) as error:
             failures.append(f"{url}: {error}")
             continue
         directory.mkdir(parents=True, exist_ok=True)
@@ -222,7 +226,8 @@ def load_mnist(
     """MNIST ``split`` as ``(images, labels)``: uint8 (N, 28, 28) and int64 (N,), on ``device``.
 
     Files are verified once per process; the parsed tensors are kept in memory, so a
-    second call is cheap.
+    second call is cheap. Without ``device`` (or with ``"cpu"``) the cached tensors
+    themselves are returned: treat them as read-only.
     """
     if split not in SPLITS:
         raise ValueError(f"unknown MNIST split {split!r}; choose one of: {', '.join(SPLITS)}")

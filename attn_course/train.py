@@ -22,7 +22,10 @@ from __future__ import annotations
 
 import math
 import random
+import signal
+import threading
 import time
+from contextlib import contextmanager
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -123,6 +126,26 @@ def make_generator(seed: int) -> torch.Generator:
 
 
 # --------------------------------------------------------------------------- the loop
+
+
+@contextmanager
+def _terminate_as_interrupt():
+    """Treat SIGTERM like Ctrl-C while training, so ``kill`` (or a job scheduler) saves a checkpoint too.
+
+    Background jobs started with ``nohup ... &`` ignore SIGINT, so SIGTERM is the way to stop them.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _to_float(value: Any) -> float:
@@ -234,6 +257,8 @@ def fit(
     window_count = 0
     model.train()
     bar = tqdm(total=config.steps, initial=step, desc=desc, disable=not progress, dynamic_ncols=True)
+    sigterm = _terminate_as_interrupt()
+    sigterm.__enter__()
     try:
         while step < config.steps:
             batch = sample_batch(generator, config.batch_size)
@@ -289,6 +314,7 @@ def fit(
         print(message)
     finally:
         bar.close()
+        sigterm.__exit__(None, None, None)
     saved_at = save() if not interrupted else (checkpoint_path if checkpoint_path is not None else None)
     return TrainResult(
         history=history,

@@ -134,3 +134,24 @@ def test_amp_on_cpu_is_a_clear_error():
     sample_batch, loss_fn = make_problem()
     with pytest.raises(ValueError, match="CUDA"):
         fit(new_model(), sample_batch, loss_fn, TrainConfig(steps=1, amp=True), device="cpu", progress=False)
+
+
+def test_sigterm_saves_a_checkpoint_like_ctrl_c(tmp_path):
+    import os
+    import signal
+
+    sample_batch, loss_fn = make_problem()
+    calls = []
+
+    def terminating_sampler(generator, batch_size):
+        calls.append(1)
+        if len(calls) == 5:
+            os.kill(os.getpid(), signal.SIGTERM)  # e.g. `kill PID` on a background job
+        return sample_batch(generator, batch_size)
+
+    path = tmp_path / "run.state"
+    before = signal.getsignal(signal.SIGTERM)
+    result = fit(new_model(), terminating_sampler, loss_fn, TrainConfig(steps=50), checkpoint_path=path,
+                 progress=False)
+    assert result.interrupted and result.step == 4 and path.exists()
+    assert signal.getsignal(signal.SIGTERM) is before  # the handler is put back

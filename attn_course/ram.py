@@ -86,56 +86,50 @@ def _check_images_and_locations(images: torch.Tensor, l: torch.Tensor) -> None:
         raise ValueError("locations l must lie in [-1, 1]^2 (the image spans [-1, 1] in both axes)")
 
 
-def summed_area_table(images: torch.Tensor) -> torch.Tensor:
-    """S[r, c] = sum of images[..., :r, :c], shape (B, C, H + 1, W + 1), in float64 for exact differences.
+def box_filterbank(centre: torch.Tensor, glimpse_size: int, num_scales: int, length: int) -> torch.Tensor:
+    """F[b, i, j, a]: how much of pixel a (spanning [a, a + 1)) lies in box j of scale i, along one axis.
 
-    The sum over any box of pixels is four look-ups: S(y1, x1) - S(y0, x1) - S(y1, x0) + S(y0, x0).
-    Read between its entries by bilinear interpolation, it gives the area integral of the
-    image over boxes with fractional edges; clamped at its border, it treats the outside
-    of the image as zero.
+    ``centre`` (B,) in pixel-edge coordinates (the image spans [0, length)). Box j of
+    scale i has side s = 2^i and spans [centre + (j - g/2) s, centre + (j - g/2 + 1) s).
+    Returns (B, k, g, length); a row sums to the part of its box inside the image, so
+    outside the image reads as zero, and fractional box edges weight the edge pixels
+    by their overlap.
     """
-    table = images.to(torch.float64).cumsum(-1).cumsum(-2)
-    return F.pad(table, (1, 0, 1, 0))
+    g, k = glimpse_size, num_scales
+    dtype, device = centre.dtype, centre.device
+    sides = 2.0 ** torch.arange(k, device=device, dtype=dtype)  # (k,)
+    offsets = torch.arange(g, device=device, dtype=dtype) - g / 2  # (g,)
+    low = centre[:, None, None] + offsets * sides[:, None]  # (B, k, g): left (or top) edge of each box
+    high = low + sides[:, None]
+    pixel = torch.arange(length, device=device, dtype=dtype)
+    return (torch.minimum(high[..., None], pixel + 1) - torch.maximum(low[..., None], pixel)).clamp_(min=0)
 
 
-def glimpse_sensor(images: torch.Tensor, l: torch.Tensor, glimpse_size: int, num_scales: int,
-                   table: torch.Tensor | None = None) -> torch.Tensor:
+def glimpse_sensor(images: torch.Tensor, l: torch.Tensor, glimpse_size: int, num_scales: int) -> torch.Tensor:
     """rho(x, l): k patches centred at l, of sides g, 2g, ..., 2^(k-1) g, each averaged down to g x g.
 
     ``images`` (B, C, H, W); ``l`` (B, 2) as (x, y) in [-1, 1]. Returns (B, k, C, g, g).
-    Pixel j of patch i is the mean of the image over a box of side 2^i: four look-ups in
-    the summed-area table (pass ``table`` to reuse it across the glimpses of one image),
-    for every sample, scale and pixel in a single ``grid_sample`` call. Outside the image
-    reads as zero.
+    Pixel (j, j') of patch i is the mean of the image over a box of side 2^i. Averaging
+    over boxes is separable, so every patch is a filterbank read
+    ``F_Y x F_X^T / 4^i`` with box filters F_Y (g, H) and F_X (g, W) from
+    :func:`box_filterbank` (the same form as DRAW's Gaussian read in chapter 2): two
+    batched matrix products for every sample and scale at once. Outside the image reads
+    as zero; between pixels the read is bilinear.
     """
     _check_images_and_locations(images, l)
     batch, channels, height, width = images.shape
     g, k = glimpse_size, num_scales
     if g * 2 ** (k - 1) > 4 * max(height, width):
         raise ValueError(f"the largest patch ({g * 2 ** (k - 1)} pixels) is far larger than the image")
-    if table is None:
-        table = summed_area_table(images)
-    sides = 2.0 ** torch.arange(k, device=images.device, dtype=torch.float64)  # (k,)
-    steps = torch.arange(g, device=images.device, dtype=torch.float64) - g / 2  # (g,)
-    # box edges in pixel-edge coordinates (pixel j spans [j, j + 1)); the image spans [0, W) x [0, H)
-    centre = (l.to(torch.float64) + 1) / 2 * torch.tensor([width, height], device=l.device, dtype=torch.float64)
-    x0 = centre[:, 0, None, None] + steps[None, None, :] * sides[None, :, None]  # (B, k, g)
-    y0 = centre[:, 1, None, None] + steps[None, None, :] * sides[None, :, None]
-    x1, y1 = x0 + sides[None, :, None], y0 + sides[None, :, None]
-    # table index -> grid_sample coordinate (align_corners=True over W + 1 entries)
-    gx0, gx1 = 2 * x0 / width - 1, 2 * x1 / width - 1
-    gy0, gy1 = 2 * y0 / height - 1, 2 * y1 / height - 1
-
-    def points(gy, gx):  # (B, k, g rows, g cols, 2)
-        return torch.stack(torch.broadcast_tensors(gx[:, :, None, :], gy[:, :, :, None]), dim=-1)
-
-    corners = torch.stack([points(gy1, gx1), points(gy0, gx1), points(gy1, gx0), points(gy0, gx0)], dim=1)
-    grid = corners.reshape(batch, 4 * k * g, g, 2)
-    look = F.grid_sample(table, grid, mode="bilinear", padding_mode="border", align_corners=True)
-    look = look.view(batch, channels, 4, k, g, g)
-    box_sum = look[:, :, 0] - look[:, :, 1] - look[:, :, 2] + look[:, :, 3]  # (B, C, k, g, g)
-    patches = box_sum / (sides ** 2).view(1, 1, k, 1, 1)
-    return patches.permute(0, 2, 1, 3, 4).to(images.dtype)  # (B, k, C, g, g)
+    x = images if images.is_floating_point() else images.float()
+    centre = (l.to(x.dtype) + 1) / 2  # in [0, 1]; pixel-edge coordinates below
+    F_X = box_filterbank(centre[:, 0] * width, g, k, width)  # (B, k, g, W)
+    F_Y = box_filterbank(centre[:, 1] * height, g, k, height)  # (B, k, g, H)
+    # rows: (B, 1, k g, H) @ (B, C, H, W) -> (B, C, k, g, W); columns: ... @ (B, 1, k, W, g) -> (B, C, k, g, g)
+    rows = (F_Y.reshape(batch, 1, k * g, height) @ x).view(batch, channels, k, g, width)
+    patches = rows @ F_X[:, None].transpose(-1, -2)
+    area = 4.0 ** torch.arange(k, device=x.device, dtype=x.dtype)
+    return (patches / area.view(1, 1, k, 1, 1)).transpose(1, 2)
 
 
 def glimpse_sensor_loop(images: torch.Tensor, l: torch.Tensor, glimpse_size: int, num_scales: int) -> torch.Tensor:
@@ -219,12 +213,15 @@ class RecurrentAttentionModel(nn.Module):
         return (zeros, zeros.clone()) if self.config.core == "lstm" else zeros
 
     def forward(self, images: torch.Tensor, l_0: torch.Tensor | None = None, sample: bool = True,
-                generator: torch.Generator | None = None, num_glimpses: int | None = None) -> dict[str, torch.Tensor]:
+                generator: torch.Generator | None = None, num_glimpses: int | None = None,
+                locations: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """Run T glimpses over ``images`` (B, C, H, W).
 
         ``l_0``: the first location (B, 2); by default uniform in [-1, 1]^2 (drawn with
         ``generator``). ``sample``: draw l_t ~ N(mu_t, sigma^2) (training) or take
-        l_t = mu_t (evaluation). Returns a dict with ``log_probs`` (B, classes) of the
+        l_t = mu_t (evaluation). ``locations`` (T, B, 2): look at these places instead of
+        following the policy (a fixed or random path; ``log_pi`` is then their likelihood
+        under the policy). Returns a dict with ``log_probs`` (B, classes) of the
         last step, ``logits_per_step`` (T, B, classes), ``locations`` (T, B, 2) (where
         each glimpse was taken), ``means`` (T-1, B, 2), ``log_pi`` (B, T-1) the
         log-likelihood of every sampled location, and ``baselines`` (B, T).
@@ -236,22 +233,27 @@ class RecurrentAttentionModel(nn.Module):
                              f"got {tuple(images.shape)}")
         batch, device = images.shape[0], images.device
         steps = num_glimpses or config.num_glimpses
+        if locations is not None:
+            if locations.shape != (steps, batch, 2):
+                raise ValueError(f"expected locations of shape ({steps}, {batch}, 2), got {tuple(locations.shape)}")
+            l_0 = locations[0]
         if l_0 is None:
             l_0 = torch.rand(batch, 2, device=device, generator=generator) * 2 - 1
-        table = summed_area_table(images)  # computed once, read by every glimpse
         state = self.initial_state(batch, device)
         l_t = l_0
-        locations, means, log_pi, baselines, logits = [], [], [], [], []
+        visited, means, log_pi, baselines, logits = [], [], [], [], []
         for t in range(steps):
-            locations.append(l_t)
-            rho = glimpse_sensor(images, l_t, config.glimpse_size, config.num_scales, table)
+            visited.append(l_t)
+            rho = glimpse_sensor(images, l_t, config.glimpse_size, config.num_scales)
             g_t = self.glimpse_network(rho, l_t)
             h_t, state = self.core_network(g_t, state)
             baselines.append(self.baseline_network(h_t.detach()).squeeze(-1))
             logits.append(self.action_network(h_t))
             if t < steps - 1:
                 mu = torch.tanh(self.location_network(h_t.detach()))
-                if sample:
+                if locations is not None:
+                    l_next = locations[t + 1]
+                elif sample:
                     noise = torch.randn(mu.shape, device=device, generator=generator)
                     l_next = (mu + config.std * noise).detach()
                 else:
@@ -263,7 +265,7 @@ class RecurrentAttentionModel(nn.Module):
         return {
             "log_probs": F.log_softmax(logits[-1], dim=-1),
             "logits_per_step": logits,
-            "locations": torch.stack(locations),
+            "locations": torch.stack(visited),
             "means": torch.stack(means) if means else torch.zeros(0, batch, 2, device=device),
             "log_pi": torch.stack(log_pi, dim=1) if log_pi else torch.zeros(batch, 0, device=device),
             "baselines": torch.stack(baselines, dim=1),
@@ -319,11 +321,11 @@ def test_error(model: RecurrentAttentionModel, task, sample: bool = False, seed:
     return float(wrong.item()) / total, total
 
 
-TRAINING = {  # steps in the quick and full profiles, batch size, learning rate
-    "mnist28": (1500, 60_000),
-    "translated60": (1500, 80_000),
-    "cluttered60": (1500, 120_000),
-    "cluttered100": (1500, 120_000),
+TRAINING = {  # steps in the quick and full profiles, and Adam's initial learning rate (batch size 128)
+    "mnist28": (1500, 60_000, 1e-3),
+    "translated60": (1500, 60_000, 3e-3),
+    "cluttered60": (1500, 80_000, 3e-3),
+    "cluttered100": (1500, 120_000, 3e-3),
 }
 
 
@@ -348,11 +350,11 @@ def train_ram(task: str, profile: str | None = None, device=None, seed: int = 0,
     torch.manual_seed(seed)
     model = _build(_model_config(task)).to(device)
     data = MNISTVariantTask(task, device=device)
-    quick, full = TRAINING[task]
+    quick, full, lr = TRAINING[task]
     total = steps or pick(quick, full, profile)
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total, eta_min=1e-5)
-    config = TrainConfig(steps=total, batch_size=128, lr=1e-3, seed=seed, log_every=50, clip_grad_norm=5.0,
+    config = TrainConfig(steps=total, batch_size=128, lr=lr, seed=seed, log_every=50, clip_grad_norm=5.0,
                          eval_every=max(total // 5, 1000) if total > 5000 else 0,
                          checkpoint_every=2000 if total > 5000 else 0)
     result = fit(model, data.sample, ram_loss, config, optimizer=optimizer, scheduler=scheduler, device=device,
@@ -375,3 +377,72 @@ RAM_SPEC = register(ModelSpec(
     name="ram", description="Recurrent Attention Model (Mnih et al. 2014), paper configuration per task",
     tasks=tuple(PAPER_CONFIGS), model_config=_model_config, build=_build, train=train_ram, evaluate=_evaluate,
     default_task="mnist28"))
+
+
+# --------------------------------------------------------------------------- E. looking inside a trained model
+
+
+def to_pixels(l: torch.Tensor, size: int) -> torch.Tensor:
+    """Locations l in [-1, 1] as (column, row) coordinates of an image of side ``size``, pixel centres at integers."""
+    return (l + 1) * size / 2 - 0.5
+
+
+@torch.no_grad()
+def glimpse_paths(model: RecurrentAttentionModel, images: torch.Tensor, l_0: torch.Tensor | None = None,
+                  locations: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    """Run the deterministic policy (l_t = mu_t) on ``images`` and report every step.
+
+    ``l_0`` defaults to the image centre. Returns ``locations`` (B, T, 2) in [-1, 1],
+    ``pixels`` (B, T, 2) as (column, row), ``probabilities`` (B, T, classes) (a_t after
+    each glimpse) and ``predicted`` (B,), the class after the last glimpse.
+    """
+    was_training = model.training
+    model.eval()
+    if l_0 is None and locations is None:
+        l_0 = images.new_zeros(len(images), 2)
+    out = model(images, l_0=l_0, sample=False, locations=locations)
+    model.train(was_training)
+    where = out["locations"].transpose(0, 1)
+    probabilities = out["logits_per_step"].softmax(-1).transpose(0, 1)
+    return {"locations": where, "pixels": to_pixels(where, images.shape[-1]), "probabilities": probabilities,
+            "predicted": probabilities[:, -1].argmax(-1)}
+
+
+def inside_boxes(l: torch.Tensor, boxes: torch.Tensor, size: int) -> torch.Tensor:
+    """Whether each location l (B, T, 2) in [-1, 1] falls in its image's box (B, 4) = (x0, y0, x1, y1) in pixels."""
+    edge = (l + 1) / 2 * size  # pixel-edge coordinates, like the boxes
+    box = boxes[:, None].to(l.dtype)
+    return ((edge[..., 0] >= box[..., 0]) & (edge[..., 0] < box[..., 2])
+            & (edge[..., 1] >= box[..., 1]) & (edge[..., 1] < box[..., 3]))
+
+
+@torch.no_grad()
+def glimpse_statistics(model: RecurrentAttentionModel, task, seed: int = 0) -> dict[str, torch.Tensor]:
+    """On the task's whole test set, starting at the centre and following the mean of the policy:
+
+    * ``error_per_step`` (T,): the error of a_t after each glimpse;
+    * ``hits_per_step`` (T,): the share of glimpse centres inside the digit's box;
+    * ``random_hits``: that share for locations drawn uniformly in [-1, 1]^2;
+    * ``random_error``: the error when the same model looks at T uniformly random places
+      (with the first at the centre) instead of where its policy sends it.
+    """
+    generator = torch.Generator(device=task.device).manual_seed(seed)
+    size, T = model.config.image_size, model.config.num_glimpses
+    wrong = torch.zeros(T, device=task.device)
+    hits = torch.zeros(T, device=task.device)
+    random_hits = torch.zeros((), device=task.device)
+    random_wrong = torch.zeros((), device=task.device)
+    total = 0
+    for batch in task.test_batches():
+        images, labels, boxes = batch["images"], batch["labels"], batch["boxes"]
+        paths = glimpse_paths(model, images)
+        wrong += (paths["probabilities"].argmax(-1) != labels[:, None]).sum(0)
+        hits += inside_boxes(paths["locations"], boxes, size).sum(0)
+        uniform = torch.rand(T, len(labels), 2, device=task.device, generator=generator) * 2 - 1
+        uniform[0] = 0.0
+        random_hits += inside_boxes(uniform[1:].transpose(0, 1), boxes, size).float().mean(1).sum()
+        blind = glimpse_paths(model, images, locations=uniform)
+        random_wrong += (blind["predicted"] != labels).sum()
+        total += len(labels)
+    return {"error_per_step": (wrong / total).cpu(), "hits_per_step": (hits / total).cpu(),
+            "random_hits": float(random_hits / total), "random_error": float(random_wrong / total)}

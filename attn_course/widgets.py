@@ -26,7 +26,7 @@ import torch
 from IPython.display import display
 
 from .attention import glimpse, glimpse_corners
-from .viz import draw_box, show_image
+from .viz import draw_box, draw_trajectory, show_image
 
 
 class FigureWidget(W.VBox):
@@ -188,4 +188,86 @@ def policy_explorer(image=None) -> FigureWidget:
         lambda std: policy_figure(std, image=image),
         std=W.FloatSlider(0.15, min=0.01, max=0.6, step=0.01, description="sigma",
                           style={"description_width": "initial"}),
+    )
+
+
+def draw_glimpse_step(axes, image, pixels, probabilities, step: int, glimpse_size: int, num_scales: int,
+                      label: int | None = None) -> None:
+    """Draw a trained RAM's glimpses up to ``step`` on two axes: the path (first filled, last
+    hollow) with the k patch outlines of glimpse ``step``, and the class probabilities a_t after it.
+
+    ``pixels`` (T, 2) glimpse centres as (column, row); ``probabilities`` (T, classes).
+    Used by :func:`trajectory_figure` and by the chapter's animation.
+    """
+    image = _as_chw(image)
+    pixels, probabilities = torch.as_tensor(pixels).cpu(), torch.as_tensor(probabilities).cpu()
+    T = len(pixels)
+    if pixels.dim() != 2 or pixels.shape[1] != 2 or probabilities.dim() != 2 or probabilities.shape[0] != T:
+        raise ValueError(f"expected pixels (T, 2) and probabilities (T, classes), got {tuple(pixels.shape)} "
+                         f"and {tuple(probabilities.shape)}")
+    if not 0 <= step < T:
+        raise ValueError(f"step must be in [0, {T - 1}], got {step}")
+    left, right = axes
+    title = f"glimpse {step + 1} of {T}" + (f" (label {label})" if label is not None else "")
+    show_image(left, image, title)
+    draw_trajectory(left, pixels[: step + 1])
+    x, y = pixels[step].tolist()
+    for i in range(num_scales):
+        half = glimpse_size * 2 ** i / 2
+        draw_box(left, (x - half + 0.5, y - half + 0.5, x + half + 0.5, y + half + 0.5),
+                 color=plt.cm.viridis(0.2 + 0.6 * i / max(num_scales - 1, 1)))
+    classes = probabilities.shape[1]
+    colours = ["#1f77b4"] * classes
+    if label is not None:
+        colours[int(label)] = "#2ca02c"
+    right.bar(range(classes), probabilities[step].tolist(), color=colours)
+    right.set_ylim(0, 1)
+    right.set_xticks(range(classes))
+    right.set_title(f"a_{step + 1}: class probabilities", fontsize=10)
+
+
+def trajectory_figure(image, pixels, probabilities, step: int, glimpse_size: int, num_scales: int,
+                      label: int | None = None) -> plt.Figure:
+    """:func:`draw_glimpse_step` as a figure of its own (the true class's bar in green)."""
+    fig, axes = plt.subplots(1, 2, figsize=(7.2, 3.2), gridspec_kw={"width_ratios": [1.1, 1]})
+    try:
+        draw_glimpse_step(axes, image, pixels, probabilities, step, glimpse_size, num_scales, label)
+    except ValueError:
+        plt.close(fig)
+        raise
+    fig.tight_layout()
+    return fig
+
+
+def trajectory_explorer(runs) -> FigureWidget:
+    """Step through a trained RAM's glimpses: pick the data set, the image and the step.
+
+    ``runs`` maps a name to a dict with ``images`` (N, [C,] H, W), ``labels`` (N,), the
+    model's ``pixels`` (N, T, 2) and ``probabilities`` (N, T, classes) (from
+    :func:`attn_course.ram.glimpse_paths`, computed once, so a redraw costs no model
+    call), and its ``glimpse_size`` and ``num_scales``.
+    """
+    if not runs:
+        raise ValueError("trajectory_explorer needs at least one run")
+    for name, run in runs.items():
+        missing = {"images", "labels", "pixels", "probabilities", "glimpse_size", "num_scales"} - set(run)
+        if missing:
+            raise ValueError(f"run {name!r} lacks {sorted(missing)}")
+    names = list(runs)
+    longest = max(len(run["images"]) for run in runs.values())
+    steps = max(run["pixels"].shape[1] for run in runs.values())
+    style = {"description_width": "initial"}
+
+    def figure(dataset, index, glimpse):
+        run = runs[dataset]
+        index = min(index, len(run["images"]) - 1)
+        step = min(glimpse, run["pixels"].shape[1]) - 1
+        return trajectory_figure(run["images"][index], run["pixels"][index], run["probabilities"][index], step,
+                                 run["glimpse_size"], run["num_scales"], int(run["labels"][index]))
+
+    return interactive_figure(
+        figure,
+        dataset=W.Dropdown(options=names, value=names[0], description="data"),
+        index=W.IntSlider(0, 0, longest - 1, description="image", style=style),
+        glimpse=W.IntSlider(steps, 1, steps, description="glimpse t", style=style),
     )

@@ -113,3 +113,56 @@ def test_ram_learns_a_location_dependent_task():
     with torch.no_grad():
         accuracy = (model(images, sample=False)["log_probs"].argmax(-1) == labels).float().mean()
     assert accuracy > 0.9
+
+
+def test_box_filterbank_rows_cover_their_boxes():
+    from attn_course.ram import box_filterbank
+
+    F = box_filterbank(torch.tensor([30.0, 0.0, 7.25]), glimpse_size=4, num_scales=2, length=60)
+    assert F.shape == (3, 2, 4, 60)
+    assert torch.allclose(F[0].sum(-1), torch.tensor([[1.0] * 4, [2.0] * 4]))  # inside: each box fully covered
+    assert torch.allclose(F[1, 0].sum(-1), torch.tensor([0.0, 0.0, 1.0, 1.0]))  # half the glimpse hangs outside
+    assert torch.allclose(F[2, 0, 0, 5:7], torch.tensor([0.75, 0.25]))  # fractional edges weight by overlap
+
+
+def test_fixed_locations_replace_the_policy():
+    model = RecurrentAttentionModel(PAPER_CONFIGS["mnist28"])
+    images = torch.rand(3, 1, 28, 28)
+    path = torch.rand(6, 3, 2) * 2 - 1
+    out = model(images, locations=path)
+    assert torch.equal(out["locations"], path) and out["log_pi"].shape == (3, 5)
+    with pytest.raises(ValueError, match=r"locations of shape \(6, 3, 2\)"):
+        model(images, locations=path[:4])
+
+
+def test_glimpse_paths_and_statistics_on_a_small_task():
+    from attn_course.ram import glimpse_paths, glimpse_statistics, inside_boxes
+
+    torch.manual_seed(0)
+    config = RAMConfig(image_size=60, glimpse_size=12, num_scales=3, num_glimpses=4, hidden=32, glimpse_hidden=16,
+                       glimpse_features=32)
+    model = RecurrentAttentionModel(config)
+    images = torch.rand(5, 1, 60, 60)
+    paths = glimpse_paths(model, images)
+    assert paths["pixels"].shape == (5, 4, 2) and torch.allclose(paths["pixels"][:, 0], torch.full((5, 2), 29.5))
+    assert torch.allclose(paths["probabilities"].sum(-1), torch.ones(5, 4))
+    assert model.training  # left as it was found
+
+    # the centre of a 60x60 image (pixel edge 30) is in [16, 44) but not in [0, 28) or [31, 59)
+    boxes = torch.tensor([[16, 16, 44, 44], [0, 0, 28, 28], [31, 31, 59, 59]])
+    centre = torch.zeros(3, 1, 2)
+    assert inside_boxes(centre, boxes, 60)[:, 0].tolist() == [True, False, False]
+
+    class Task:  # the interface glimpse_statistics reads: device and test_batches()
+        device = torch.device("cpu")
+
+        def test_batches(self):
+            for seed in range(2):
+                g = torch.Generator().manual_seed(seed)
+                yield {"images": torch.rand(8, 1, 60, 60, generator=g), "labels": torch.randint(0, 10, (8,), generator=g),
+                       "boxes": torch.tensor([[16, 16, 44, 44]] * 8)}
+
+    stats = glimpse_statistics(model, Task())
+    assert stats["error_per_step"].shape == (4,) and stats["hits_per_step"][0] == 1.0  # first glimpse: the centre
+    assert 0.1 < stats["random_hits"] < 0.4  # a 28x28 box covers 22% of a 60x60 image
+    assert 0.0 <= stats["random_error"] <= 1.0

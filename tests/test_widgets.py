@@ -78,3 +78,30 @@ def test_policy_figure_spread_follows_sigma():
     assert "0.30" in widget.figure.axes[0].get_title()
     with pytest.raises(ValueError, match="std must be positive"):
         policy_figure(0.0)
+
+
+def test_trajectory_figure_and_explorer():
+    from attn_course.widgets import trajectory_explorer, trajectory_figure
+
+    pixels = torch.tensor([[29.5, 29.5], [10.0, 12.0], [15.0, 14.0]])
+    probabilities = torch.softmax(torch.randn(3, 10), -1)
+    fig = trajectory_figure(torch.rand(60, 60), pixels, probabilities, step=1, glimpse_size=12, num_scales=3, label=4)
+    left, right = fig.axes
+    assert sorted(p.get_width() for p in left.patches) == [12, 24, 48]  # the three scales of glimpse 2
+    assert np.allclose([bar.get_height() for bar in right.patches], probabilities[1])
+    assert right.patches[4].get_facecolor() != right.patches[3].get_facecolor()  # the true class stands out
+    with pytest.raises(ValueError, match="step must be in"):
+        trajectory_figure(torch.rand(60, 60), pixels, probabilities, step=3, glimpse_size=12, num_scales=3)
+
+    runs = {"a": {"images": torch.rand(2, 60, 60), "labels": torch.tensor([1, 2]), "pixels": pixels[None].repeat(2, 1, 1),
+                  "probabilities": probabilities[None].repeat(2, 1, 1), "glimpse_size": 12, "num_scales": 3},
+            "b": {"images": torch.rand(4, 28, 28), "labels": torch.arange(4), "pixels": pixels[None, :2].repeat(4, 1, 1),
+                  "probabilities": probabilities[None, :2].repeat(4, 1, 1), "glimpse_size": 8, "num_scales": 1}}
+    widget = trajectory_explorer(runs)
+    assert "glimpse 3 of 3" in widget.figure.axes[0].get_title()
+    widget.controls["dataset"].value = "b"
+    assert "glimpse 2 of 2" in widget.figure.axes[0].get_title() and len(widget.figure.axes[0].patches) == 1
+    widget.controls["glimpse"].value = 1
+    assert "glimpse 1 of 2" in widget.figure.axes[0].get_title()
+    with pytest.raises(ValueError, match="lacks"):
+        trajectory_explorer({"a": {"images": torch.rand(1, 28, 28)}})

@@ -321,12 +321,16 @@ def test_error(model: RecurrentAttentionModel, task, sample: bool = False, seed:
     return float(wrong.item()) / total, total
 
 
-TRAINING = {  # steps in the quick and full profiles, and Adam's initial learning rate (batch size 128)
-    "mnist28": (1500, 60_000, 1e-3),
-    "translated60": (1500, 60_000, 3e-3),
-    "cluttered60": (1500, 80_000, 3e-3),
-    "cluttered100": (1500, 120_000, 3e-3),
+TRAINING = {  # steps in the quick and full profiles (batch size 128, Adam from 1e-3 with cosine decay)
+    "mnist28": (1500, 60_000),
+    "translated60": (1500, 80_000),
+    "cluttered60": (1500, 120_000),
+    "cluttered100": (1500, 120_000),
 }
+# A larger learning rate, 3e-3, learns faster over the first 4,000 steps on translated60
+# (12.5% against 18.7% held-out error) but ends worse: 6.9% at 24k of 60k steps on
+# translated60 (1e-3: 3.4% at 32k of 80k), and 24.2% at 16k of 80k steps on cluttered60.
+LEARNING_RATE = 1e-3
 
 
 def _model_config(task: str) -> dict[str, Any]:
@@ -350,11 +354,11 @@ def train_ram(task: str, profile: str | None = None, device=None, seed: int = 0,
     torch.manual_seed(seed)
     model = _build(_model_config(task)).to(device)
     data = MNISTVariantTask(task, device=device)
-    quick, full, lr = TRAINING[task]
+    quick, full = TRAINING[task]
     total = steps or pick(quick, full, profile)
-    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    optimizer = torch.optim.Adam(model.parameters(), lr=LEARNING_RATE)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total, eta_min=1e-5)
-    config = TrainConfig(steps=total, batch_size=128, lr=lr, seed=seed, log_every=50, clip_grad_norm=5.0,
+    config = TrainConfig(steps=total, batch_size=128, lr=LEARNING_RATE, seed=seed, log_every=50, clip_grad_norm=5.0,
                          eval_every=max(total // 5, 1000) if total > 5000 else 0,
                          checkpoint_every=2000 if total > 5000 else 0)
     result = fit(model, data.sample, ram_loss, config, optimizer=optimizer, scheduler=scheduler, device=device,

@@ -57,7 +57,7 @@ def register(spec: ModelSpec) -> ModelSpec:
 
 def _load_chapter_modules() -> None:
     # Importing a chapter module registers its models. Add new chapters here.
-    from . import baselines, ram  # noqa: F401
+    from . import baselines, draw, ram, transformer  # noqa: F401
 
 
 def get_spec(name: str) -> ModelSpec:

@@ -271,3 +271,367 @@ def trajectory_explorer(runs) -> FigureWidget:
         index=W.IntSlider(0, 0, longest - 1, description="image", style=style),
         glimpse=W.IntSlider(steps, 1, steps, description="glimpse t", style=style),
     )
+
+
+# --------------------------------------------------------------------------- chapter 2: DRAW
+
+
+WRITE_COLOR, READ_COLOR = "#d62728", "#2ca02c"
+
+
+def draw_window(ax, window, N: int, color: str = WRITE_COLOR):
+    """A DRAW attention window (g_X, g_Y, delta, sigma^2, gamma) as its N x N grid's square on an image.
+
+    As in Gregor et al. (2015, figure 1), the border's width shows the focal precision:
+    the wider the Gaussians (sigma), the thicker the line. Returns the patch.
+    """
+    from .draw import window_box
+
+    window = torch.as_tensor(window, dtype=torch.float32).cpu()
+    if window.shape != (5,):
+        raise ValueError(f"expected a window (g_X, g_Y, delta, sigma2, gamma) of shape (5,), got {tuple(window.shape)}")
+    linewidth = 0.8 + min(math.sqrt(float(window[3])), 6.0) / 2
+    return draw_box(ax, window_box(window, N), color=color, linewidth=linewidth)
+
+
+def filterbank_figure(image, g_X: float, g_Y: float, delta: float, sigma2: float, gamma: float = 1.0,
+                      N: int = 5) -> plt.Figure:
+    """DRAW's read and write by hand (chapter 2, equations (2.7)-(2.11)).
+
+    Five panels: the grid centres (mu_X^i, mu_Y^j) over the image; F_X (N x A) and
+    F_Y (N x B); the read patch gamma F_Y x F_X^T; and that patch written back,
+    (1/gamma) F_Y^T patch F_X. Parameters in pixels, counted from 1 as in the paper.
+    """
+    from .draw import Window, filterbank, grid_points, read, write
+
+    x = _as_chw(image)[0]
+    B, A = x.shape
+    if not (delta > 0 and sigma2 > 0 and gamma > 0):
+        raise ValueError(f"delta, sigma2 and gamma must be positive, got {delta}, {sigma2}, {gamma}")
+    window = Window(*(torch.tensor([float(v)]) for v in (g_X, g_Y, delta, sigma2, gamma)))
+    F_X, F_Y = filterbank(window.g_X, window.g_Y, window.delta, window.sigma2, N, A, B)
+    patch = read(x[None], x[None], F_X, F_Y, window.gamma)[0, 0]
+    back = write(patch[None], F_X, F_Y, window.gamma)[0]
+    fig, axes = plt.subplots(1, 5, figsize=(14, 3.0), gridspec_kw={"width_ratios": [1, 1.3, 1.3, 1, 1]})
+    show_image(axes[0], x, f"the {N}x{N} grid over x")
+    xs, ys = grid_points(window, N)
+    X, Y = torch.meshgrid(xs, ys, indexing="xy")
+    with_limits = axes[0].get_xlim(), axes[0].get_ylim()
+    axes[0].plot(X.flatten().numpy(), Y.flatten().numpy(), "+", color=READ_COLOR, markersize=6)
+    axes[0].set_xlim(*with_limits[0])
+    axes[0].set_ylim(*with_limits[1])
+    draw_window(axes[0], torch.tensor([g_X, g_Y, delta, sigma2, gamma]), N, color=READ_COLOR)
+    for ax, matrix, name, size in ((axes[1], F_X, "F_X", "A"), (axes[2], F_Y, "F_Y", "B")):
+        ax.imshow(matrix[0].numpy(), cmap="viridis", aspect="auto", interpolation="nearest", vmin=0)
+        ax.set_title(f"{name} ({N} x {size}): rows sum to 1", fontsize=9)
+        ax.set_xlabel("pixel", fontsize=8)
+        ax.set_ylabel("grid row", fontsize=8)
+    show_image(axes[3], patch, f"read: gamma F_Y x F_X^T")
+    # (1/gamma) F_Y^T patch F_X spreads each value over a Gaussian blob whose weights sum
+    # to 1 along each axis, so the written image is faint: show it on its own scale
+    gain = 1.0 / max(float(back.max()), 1e-8)
+    show_image(axes[4], back * gain, f"written back (x {gain:.0f} to show)" if gain > 1.5 else "written back")
+    fig.tight_layout()
+    return fig
+
+
+def filterbank_explorer(images, N: int = 5) -> FigureWidget:
+    """Sliders for DRAW's filterbank: centre (g_X, g_Y), stride delta, variance sigma^2, intensity gamma, N, image."""
+    images = torch.as_tensor(images)
+    if images.dim() not in (3, 4) or len(images) == 0:
+        raise ValueError(f"expected a non-empty batch of images (N, H, W) or (N, C, H, W), got {tuple(images.shape)}")
+    B, A = images.shape[-2:]
+    style = {"description_width": "initial"}
+    return interactive_figure(
+        lambda index, g_X, g_Y, delta, sigma2, gamma, N: filterbank_figure(images[index], g_X, g_Y, delta, sigma2,
+                                                                           gamma, N),
+        index=W.IntSlider(0, 0, len(images) - 1, description="image", style=style),
+        g_X=W.FloatSlider((A + 1) / 2, min=0.0, max=A + 1.0, step=0.5, description="g_X", style=style),
+        g_Y=W.FloatSlider((B + 1) / 2, min=0.0, max=B + 1.0, step=0.5, description="g_Y", style=style),
+        delta=W.FloatSlider(3.0, min=0.25, max=12.0, step=0.25, description="delta", style=style),
+        sigma2=W.FloatLogSlider(1.0, base=10, min=-2, max=2, step=0.1, description="sigma^2", style=style),
+        gamma=W.FloatSlider(1.0, min=0.1, max=3.0, step=0.1, description="gamma", style=style),
+        N=W.IntSlider(N, min=2, max=12, description="N", style=style),
+    )
+
+
+def draw_generation_step(axes, canvases, step: int, windows=None, N: int = 5) -> None:
+    """Step ``step`` of one DRAW sample on two axes: the canvas sigmoid(c_t) with the write window,
+    and what this step changed, sigmoid(c_t) - sigmoid(c_{t-1}) (red: ink added, blue: removed).
+
+    ``canvases`` (T, B, A); ``windows`` (T, 5) or None (DRAW without attention).
+    """
+    canvases = torch.as_tensor(canvases).float().cpu()
+    if canvases.dim() != 3:
+        raise ValueError(f"expected canvases of shape (T, B, A), got {tuple(canvases.shape)}")
+    T = len(canvases)
+    if not 0 <= step < T:
+        raise ValueError(f"step must be in [0, {T - 1}], got {step}")
+    left, right = axes
+    show_image(left, canvases[step], f"canvas, t = {step + 1} of {T}")
+    if windows is not None:
+        draw_window(left, torch.as_tensor(windows)[step], N)
+    before = canvases[step - 1] if step > 0 else torch.full_like(canvases[0], 0.5)  # sigmoid(c_0) = 1/2
+    change = (canvases[step] - before).numpy()
+    limit = max(float(abs(change).max()), 1e-3)
+    right.imshow(change, cmap="RdBu_r", vmin=-limit, vmax=limit, interpolation="nearest")
+    right.set_xticks([])
+    right.set_yticks([])
+    right.set_title("what step t wrote", fontsize=9)
+
+
+def generation_figure(canvases, step: int, windows=None, N: int = 5) -> plt.Figure:
+    """:func:`draw_generation_step` as a figure of its own."""
+    fig, axes = plt.subplots(1, 2, figsize=(5.6, 2.9))
+    try:
+        draw_generation_step(axes, canvases, step, windows, N)
+    except ValueError:
+        plt.close(fig)
+        raise
+    fig.tight_layout()
+    return fig
+
+
+def generation_stepper(model, num_seeds: int = 20) -> FigureWidget:
+    """Step through a DRAW model's generation: pick the seed of z_1..z_T and the step t.
+
+    Each seed's sample is generated once (T decoder steps) and kept, so moving the step
+    slider costs no model call.
+    """
+    if num_seeds < 1:
+        raise ValueError(f"num_seeds must be positive, got {num_seeds}")
+    config = model.config
+    samples: dict[int, dict] = {}
+
+    def sample(seed):
+        if seed not in samples:
+            out = model.generate(1, generator=torch.Generator().manual_seed(seed))
+            samples[seed] = {k: v[:, 0].cpu() for k, v in out.items()}
+        return samples[seed]
+
+    def figure(seed, step):
+        out = sample(seed)
+        return generation_figure(out["canvases"], step - 1, out.get("write_windows"), config.write_N)
+
+    style = {"description_width": "initial"}
+    return interactive_figure(
+        figure,
+        seed=W.IntSlider(0, 0, num_seeds - 1, description="seed", style=style),
+        step=W.IntSlider(config.T, 1, config.T, description="step t", style=style),
+    )
+
+
+# --------------------------------------------------------------------------- chapter 5: the Transformer
+
+ATTENTION_KINDS = {"encoder": "encoder self-attention", "decoder": "decoder self-attention (causal)",
+                   "cross": "cross-attention (decoder -> encoder)"}
+
+
+def _attention_labels(kind: str, source: str, output: str) -> tuple[list[str], list[str]]:
+    """Row and column labels of one attention matrix: queries down, keys across."""
+    predicted = list(output) + ["</s>"]
+    if kind == "encoder":
+        return list(source), list(source)
+    if kind == "decoder":
+        return predicted, ["<s>"] + list(output)
+    return predicted, list(source)
+
+
+def _head_matrix(maps, kind: str, layer: int, head: int) -> torch.Tensor:
+    """One example's weights (rows, cols) for ``kind``, ``layer`` and ``head`` (-1: the mean over heads)."""
+    if kind not in ATTENTION_KINDS:
+        raise ValueError(f"kind must be one of {', '.join(ATTENTION_KINDS)}, got {kind!r}")
+    weights = torch.as_tensor(maps[kind])  # (L, h, rows, cols) for one example
+    if weights.dim() != 4:
+        raise ValueError(f"expected {kind} weights of shape (L, h, rows, cols), got {tuple(weights.shape)}")
+    if not 0 <= layer < weights.shape[0]:
+        raise ValueError(f"layer must be in [0, {weights.shape[0] - 1}], got {layer}")
+    if not -1 <= head < weights.shape[1]:
+        raise ValueError(f"head must be -1 (mean) or in [0, {weights.shape[1] - 1}], got {head}")
+    return weights[layer].mean(0) if head == -1 else weights[layer, head]
+
+
+def transformer_attention_figure(maps, source: str, output: str, kind: str = "cross", layer: int = 0,
+                                 head: int = -1) -> plt.Figure:
+    """One attention matrix of one example: ``maps[kind]`` (L, h, rows, cols) with characters as labels.
+
+    ``maps`` holds ``encoder``, ``decoder`` and ``cross`` weights of one example (see
+    :func:`attn_course.transformer.attention_maps`); row t of ``decoder`` and ``cross`` is the
+    query that predicted output character t; ``head`` -1 averages over the heads.
+    """
+    from .viz import alignment_matrix
+
+    matrix = _head_matrix(maps, kind, layer, head)
+    rows, cols = _attention_labels(kind, source, output)
+    rows, cols = rows[:matrix.shape[0]], cols[:matrix.shape[1]]
+    fig, ax = plt.subplots(figsize=(0.22 * len(cols) + 2.2, 0.22 * len(rows) + 1.6))
+    image = alignment_matrix(ax, matrix[:len(rows), :len(cols)], rows, cols)
+    ax.tick_params(labelsize=8)
+    fig.colorbar(image, ax=ax, fraction=0.04)
+    which = "mean over heads" if head == -1 else f"head {head + 1}"
+    ax.set_title(f"{ATTENTION_KINDS[kind]}, layer {layer + 1}, {which}\n{source!r} -> {output!r}", fontsize=9)
+    ax.set_xlabel("key (attended to)", fontsize=8)
+    ax.set_ylabel("query", fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def attention_grid_figure(maps, source: str, output: str, kind: str = "cross") -> plt.Figure:
+    """Every layer (rows) and head (columns) of one attention kind for one example: the static view."""
+    weights = torch.as_tensor(maps[kind]).float().cpu()
+    layers, heads = weights.shape[:2]
+    rows, cols = _attention_labels(kind, source, output)
+    panel = 2.3 * max(len(rows) / max(len(cols), 1), 0.7)  # panel height: square-ish, never flat
+    fig, axes = plt.subplots(layers, heads, figsize=(2.3 * heads + 0.6, panel * layers + 0.9), squeeze=False)
+    for l in range(layers):
+        for h in range(heads):
+            ax = axes[l, h]
+            ax.imshow(weights[l, h, :len(rows), :len(cols)].numpy(), cmap="viridis", vmin=0.0, aspect="auto")
+            ax.set_xticks(range(len(cols)), labels=cols, fontsize=5)
+            ax.set_yticks(range(len(rows)), labels=rows, fontsize=5)
+            ax.set_title(f"layer {l + 1}, head {h + 1}", fontsize=8)
+    fig.suptitle(f"{ATTENTION_KINDS[kind]}: {source!r} -> {output!r}", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def _message_figure(message: str) -> plt.Figure:
+    fig, ax = plt.subplots(figsize=(5, 1.2))
+    ax.axis("off")
+    ax.text(0.0, 0.5, message, fontsize=10, color="#d62728", va="center", wrap=True)
+    return fig
+
+
+def date_attention_figure(model, text: str, kind: str = "cross", layer: int = 0, head: int = -1,
+                          max_len: int = 11) -> plt.Figure:
+    """Run ``model`` on ``text`` (greedy decoding) and draw one of its attention matrices.
+
+    A string with characters outside the vocabulary gives a figure that says so (the
+    widget must not break while someone is typing).
+    """
+    from .data.sequences import decode, encode_batch
+    from .transformer import attention_maps
+
+    text = text.strip()
+    if not text:
+        return _message_figure("type a date, e.g. 24 November 2026")
+    try:
+        src = encode_batch([text], device=next(model.parameters()).device)
+    except ValueError as error:
+        return _message_figure(str(error))
+    maps = attention_maps(model, src, max_len)
+    one = {k: maps[k][:, 0].cpu() for k in ATTENTION_KINDS}
+    return transformer_attention_figure(one, text, decode(maps["output"][0]), kind, layer, head)
+
+
+def date_explorer(model, text: str = "Tuesday, 24 November 2026", max_len: int = 11) -> FigureWidget:
+    """Type a date; see the model's output and any attention matrix (kind, layer, head)."""
+    config = model.config
+    layers = max(config.encoder_layers, config.decoder_layers)
+    style = {"description_width": "initial"}
+
+    def draw(text, kind, layer, head):
+        count = config.encoder_layers if kind == "encoder" else config.decoder_layers
+        return date_attention_figure(model, text, kind, min(layer, count - 1), head, max_len)
+
+    return interactive_figure(
+        draw,
+        text=W.Text(value=text, description="date", continuous_update=False, style=style),
+        kind=W.Dropdown(options=[(v, k) for k, v in ATTENTION_KINDS.items()], value="cross", description="attention"),
+        layer=W.IntSlider(0, 0, layers - 1, description="layer (0 = first)", style=style),
+        head=W.Dropdown(options=[("mean over heads", -1)] + [(f"head {h + 1}", h) for h in range(config.heads)],
+                        value=-1, description="head"),
+    )
+
+
+def positional_encoding_figure(d_model: int = 64, position: int = 10, offset: int = 5, max_len: int = 64) -> plt.Figure:
+    """The sinusoidal encoding PE (positions x dimensions) with rows pos and pos + k marked, and the
+    similarity PE(pos) . PE(j) over j: it depends on j - pos only, through the rotations M_k."""
+    from .transformer import pe_shift_matrix, positional_encoding
+
+    if not 0 <= position < max_len or not 0 <= position + offset < max_len:
+        raise ValueError(f"position and position + offset must lie in [0, {max_len - 1}], got {position} and "
+                         f"{position + offset}")
+    pe = positional_encoding(max_len, d_model)
+    M = pe_shift_matrix(offset, d_model)
+    error = float((M @ pe[position] - pe[position + offset]).abs().max())
+    fig, (left, right) = plt.subplots(1, 2, figsize=(9.5, 3.4), gridspec_kw={"width_ratios": [1.3, 1]})
+    image = left.imshow(pe.numpy(), cmap="RdBu", vmin=-1, vmax=1, aspect="auto", interpolation="nearest")
+    for row, colour in ((position, "#2ca02c"), (position + offset, "#ff7f0e")):
+        left.axhline(row, color=colour, linewidth=1.5)
+    left.set_xlabel("dimension (even: sin, odd: cos)")
+    left.set_ylabel("position")
+    left.set_title(f"PE, d_model = {d_model}", fontsize=10)
+    fig.colorbar(image, ax=left, fraction=0.04)
+    similarity = pe @ pe[position]
+    right.plot(range(max_len), similarity.numpy(), "-", color="#1f77b4")
+    right.plot([position], [float(similarity[position])], "o", color="#2ca02c", label=f"pos = {position}")
+    right.plot([position + offset], [float(similarity[position + offset])], "o", color="#ff7f0e",
+               label=f"pos + k = {position + offset}")
+    right.set_xlabel("position j")
+    right.set_title(f"PE(pos) . PE(j);  |M_k PE(pos) - PE(pos+k)| = {error:.1e}", fontsize=9)
+    right.legend(fontsize=8)
+    right.grid(alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+def positional_encoding_explorer(max_len: int = 64) -> FigureWidget:
+    """Sliders for d_model, the position and the offset k of the sinusoidal encoding."""
+    style = {"description_width": "initial"}
+    return interactive_figure(
+        lambda d_model, position, offset: positional_encoding_figure(d_model, position,
+                                                                     min(offset, max_len - 1 - position), max_len),
+        d_model=W.IntSlider(64, 8, 256, step=8, description="d_model", style=style),
+        position=W.IntSlider(10, 0, max_len - 1, description="pos", style=style),
+        offset=W.IntSlider(5, 0, max_len - 1, description="offset k", style=style),
+    )
+
+
+def softmax_scaling_figure(d_k: int = 64, temperature: float = 1.0, num_keys: int = 16, seed: int = 0) -> plt.Figure:
+    """Softmax over the scores of one query and ``num_keys`` random keys, with and without the 1/sqrt(d_k)
+    of (5.1), and how entropy and gradient (the Jacobian's norm) change with d_k at this temperature."""
+    from .transformer import softmax_statistics
+
+    if d_k < 1 or not temperature > 0:
+        raise ValueError(f"d_k must be positive and temperature > 0, got {d_k} and {temperature}")
+    g = torch.Generator().manual_seed(seed)
+    q, k = torch.randn(d_k, generator=g), torch.randn(num_keys, d_k, generator=g)
+    fig, (bars, curves) = plt.subplots(1, 2, figsize=(9.5, 3.2))
+    width = 0.4
+    for shift, scaled, colour in ((-width / 2, True, "#1f77b4"), (width / 2, False, "#d62728")):
+        p = ((k @ q) / (math.sqrt(d_k) if scaled else 1.0) / temperature).softmax(0)
+        entropy = float(-(p * p.clamp_min(1e-30).log()).sum())
+        bars.bar([i + shift for i in range(num_keys)], p.tolist(), width=width, color=colour,
+                 label=f"{'q.k / sqrt(d_k)' if scaled else 'q.k'}: entropy {entropy:.2f}")
+    bars.set_ylim(0, 1)
+    bars.set_xlabel("key")
+    bars.set_ylabel("attention weight")
+    bars.set_title(f"d_k = {d_k}, temperature {temperature:g}", fontsize=10)
+    bars.legend(fontsize=7, loc="upper left")
+    dims = [2 ** i for i in range(11)]
+    for scaled, colour in ((True, "#1f77b4"), (False, "#d62728")):
+        stats = [softmax_statistics(d, scaled, temperature, num_keys, samples=64, seed=seed) for d in dims]
+        name = "scaled" if scaled else "unscaled"
+        curves.plot(dims, [s["entropy"] for s in stats], "-", color=colour, label=f"entropy, {name}")
+        curves.plot(dims, [s["gradient_norm"] for s in stats], "--", color=colour, label=f"|Jacobian|, {name}")
+    curves.axvline(d_k, color="gray", linewidth=1)
+    curves.axhline(math.log(num_keys), color="gray", linewidth=0.8, linestyle=":")
+    curves.set_xscale("log", base=2)
+    curves.set_xlabel("d_k")
+    curves.set_title("softmax entropy (nats) and gradient size", fontsize=10)
+    curves.legend(fontsize=7)
+    curves.grid(alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+def softmax_scaling_explorer() -> FigureWidget:
+    """Sliders for d_k and a temperature: watch the unscaled softmax saturate and its gradient vanish."""
+    style = {"description_width": "initial"}
+    return interactive_figure(
+        softmax_scaling_figure,
+        d_k=W.IntSlider(64, 1, 1024, description="d_k", style=style),
+        temperature=W.FloatLogSlider(1.0, base=10, min=-1, max=1, step=0.05, description="temperature",
+                                     style=style),
+    )

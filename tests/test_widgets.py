@@ -105,3 +105,118 @@ def test_trajectory_figure_and_explorer():
     assert "glimpse 1 of 2" in widget.figure.axes[0].get_title()
     with pytest.raises(ValueError, match="lacks"):
         trajectory_explorer({"a": {"images": torch.rand(1, 28, 28)}})
+
+
+def test_filterbank_figure_reads_and_writes_back():
+    from attn_course.widgets import filterbank_explorer, filterbank_figure
+
+    image = torch.zeros(20, 28)  # non-square: B = 20 rows, A = 28 columns
+    image[5:15, 10:14] = 1.0
+    fig = filterbank_figure(image, g_X=14.5, g_Y=10.5, delta=1.0, sigma2=0.01, gamma=1.0, N=12)
+    grid, F_X, F_Y, patch, back = fig.axes
+    assert F_X.images[0].get_array().shape == (12, 28) and F_Y.images[0].get_array().shape == (12, 20)
+    assert patch.images[0].get_array().shape == (12, 12)
+    assert len(grid.lines) == 1 and len(grid.lines[0].get_xdata()) == 144  # the N x N grid centres
+    # a 12 x 12 grid of stride 1 centred on the image, sharp Gaussians: the middle is read and written back exactly
+    assert np.allclose(back.images[0].get_array()[4:16, 8:20], image[4:16, 8:20].numpy(), atol=1e-4)
+    with pytest.raises(ValueError, match="must be positive"):
+        filterbank_figure(image, 14.5, 10.5, delta=0.0, sigma2=1.0)
+    widget = filterbank_explorer(torch.rand(2, 28, 28))
+    widget.controls["N"].value = 3
+    assert widget.figure.axes[3].images[0].get_array().shape == (3, 3)
+
+
+def test_generation_figure_and_stepper():
+    from attn_course.draw import DRAW, DRAWConfig
+    from attn_course.widgets import generation_figure, generation_stepper
+
+    canvases = torch.rand(4, 28, 28)
+    windows = torch.tensor([[14.5, 14.5, 2.0, 1.0, 1.0]]).repeat(4, 1)
+    fig = generation_figure(canvases, 2, windows, N=5)
+    assert "t = 3 of 4" in fig.axes[0].get_title() and len(fig.axes[0].patches) == 1
+    assert np.allclose(fig.axes[1].images[0].get_array(), (canvases[2] - canvases[1]).numpy())
+    with pytest.raises(ValueError, match="step must be in"):
+        generation_figure(canvases, 4, windows)
+    model = DRAW(DRAWConfig(T=3, enc_size=16, dec_size=16, z_size=4))
+    widget = generation_stepper(model, num_seeds=3)
+    assert "t = 3 of 3" in widget.figure.axes[0].get_title()
+    widget.controls["step"].value = 1
+    assert "t = 1 of 3" in widget.figure.axes[0].get_title()
+    widget.controls["seed"].value = 2
+    assert widget.update_count == 3
+
+
+# --------------------------------------------------------------------------- chapter 5: the Transformer
+
+
+def _small_transformer():
+    from attn_course.data.sequences import VOCAB_SIZE
+    from attn_course.transformer import Transformer, TransformerConfig
+
+    torch.manual_seed(0)
+    return Transformer(TransformerConfig(vocab_size=VOCAB_SIZE, d_model=16, heads=2, d_ff=32, encoder_layers=2,
+                                         decoder_layers=1, dropout=0.0, max_len=40)).eval()
+
+
+def test_transformer_attention_figure_shows_the_chosen_matrix():
+    from attn_course.widgets import attention_grid_figure, transformer_attention_figure
+
+    maps = {"encoder": torch.softmax(torch.randn(2, 3, 5, 5), -1), "decoder": torch.softmax(torch.randn(1, 3, 4, 4), -1),
+            "cross": torch.softmax(torch.randn(1, 3, 4, 5), -1)}
+    fig = transformer_attention_figure(maps, "abcde", "xyz", "cross", layer=0, head=1)
+    assert np.allclose(fig.axes[0].images[0].get_array(), maps["cross"][0, 1])
+    assert [t.get_text() for t in fig.axes[0].get_yticklabels()] == ["x", "y", "z", "</s>"]
+    mean = transformer_attention_figure(maps, "abcde", "xyz", "encoder", layer=1, head=-1)
+    assert np.allclose(mean.axes[0].images[0].get_array(), maps["encoder"][1].mean(0))
+    assert len(attention_grid_figure(maps, "abcde", "xyz", "encoder").axes) == 6
+    with pytest.raises(ValueError, match="layer must be in"):
+        transformer_attention_figure(maps, "abcde", "xyz", "decoder", layer=1)
+    with pytest.raises(ValueError, match="kind must be"):
+        transformer_attention_figure(maps, "abcde", "xyz", "self")
+
+
+def test_date_explorer_follows_the_text_and_the_controls():
+    from attn_course.widgets import date_attention_figure, date_explorer
+
+    model = _small_transformer()
+    fig = date_attention_figure(model, "3 May 1999", "encoder", 1, 0)
+    assert fig.axes[0].images[0].get_array().shape == (10, 10)
+    widget = date_explorer(model, text="1.2.2003")
+    assert widget.figure.axes[0].images[0].get_array().shape[1] == len("1.2.2003")  # cross: source across
+    widget.controls["text"].value = "24 November 2026"
+    assert widget.figure.axes[0].images[0].get_array().shape[1] == len("24 November 2026")
+    widget.controls["kind"].value = "decoder"
+    shape = widget.figure.axes[0].images[0].get_array().shape
+    assert shape[0] == shape[1]
+    widget.controls["layer"].value = 1  # the decoder has one layer: the figure shows its last
+    widget.controls["text"].value = "24 Nov ½"  # not in the vocabulary: a message, not an exception
+    assert "not in the vocabulary" in widget.figure.axes[0].texts[0].get_text()
+    assert widget.last_update_seconds < 2.0
+
+
+def test_positional_encoding_figure_and_explorer():
+    from attn_course.widgets import positional_encoding_explorer, positional_encoding_figure
+
+    fig = positional_encoding_figure(d_model=32, position=4, offset=3, max_len=40)
+    assert fig.axes[0].images[0].get_array().shape == (40, 32)
+    assert float(fig.axes[1].get_title().split("= ")[-1]) < 1e-4  # M_k PE(pos) = PE(pos + k)
+    with pytest.raises(ValueError, match="must lie in"):
+        positional_encoding_figure(position=60, offset=10, max_len=64)
+    widget = positional_encoding_explorer()
+    widget.controls["d_model"].value = 16
+    assert widget.figure.axes[0].images[0].get_array().shape == (64, 16)
+
+
+def test_softmax_scaling_figure_and_explorer():
+    from attn_course.transformer import softmax_statistics
+    from attn_course.widgets import softmax_scaling_explorer, softmax_scaling_figure
+
+    fig = softmax_scaling_figure(d_k=256)
+    scaled = [p.get_height() for p in fig.axes[0].patches[:16]]
+    unscaled = [p.get_height() for p in fig.axes[0].patches[16:]]
+    assert max(unscaled) > max(scaled)  # without 1/sqrt(d_k) the weights pile onto one key
+    big, small = softmax_statistics(512, scaled=False), softmax_statistics(512, scaled=True)
+    assert big["gradient_norm"] < small["gradient_norm"] / 2 and big["entropy"] < small["entropy"]
+    widget = softmax_scaling_explorer()
+    widget.controls["d_k"].value = 4
+    assert "d_k = 4" in widget.figure.axes[0].get_title()

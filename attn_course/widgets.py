@@ -355,11 +355,12 @@ def filterbank_explorer(images, N: int = 5) -> FigureWidget:
     )
 
 
-def draw_generation_step(axes, canvases, step: int, windows=None, N: int = 5) -> None:
+def draw_generation_step(axes, canvases, step: int, windows=None, N: int = 5, initial=None) -> None:
     """Step ``step`` of one DRAW sample on two axes: the canvas sigmoid(c_t) with the write window,
     and what this step changed, sigmoid(c_t) - sigmoid(c_{t-1}) (red: ink added, blue: removed).
 
-    ``canvases`` (T, B, A); ``windows`` (T, 5) or None (DRAW without attention).
+    ``canvases`` (T, B, A); ``windows`` (T, 5) or None (DRAW without attention); ``initial``
+    (B, A), sigmoid(c_0), the canvas before step 1 (default 1/2 everywhere, c_0 = 0).
     """
     canvases = torch.as_tensor(canvases).float().cpu()
     if canvases.dim() != 3:
@@ -371,7 +372,10 @@ def draw_generation_step(axes, canvases, step: int, windows=None, N: int = 5) ->
     show_image(left, canvases[step], f"canvas, t = {step + 1} of {T}")
     if windows is not None:
         draw_window(left, torch.as_tensor(windows)[step], N)
-    before = canvases[step - 1] if step > 0 else torch.full_like(canvases[0], 0.5)  # sigmoid(c_0) = 1/2
+    if step > 0:
+        before = canvases[step - 1]
+    else:
+        before = torch.full_like(canvases[0], 0.5) if initial is None else torch.as_tensor(initial).float().cpu()
     change = (canvases[step] - before).numpy()
     limit = max(float(abs(change).max()), 1e-3)
     right.imshow(change, cmap="RdBu_r", vmin=-limit, vmax=limit, interpolation="nearest")
@@ -380,11 +384,11 @@ def draw_generation_step(axes, canvases, step: int, windows=None, N: int = 5) ->
     right.set_title("what step t wrote", fontsize=9)
 
 
-def generation_figure(canvases, step: int, windows=None, N: int = 5) -> plt.Figure:
+def generation_figure(canvases, step: int, windows=None, N: int = 5, initial=None) -> plt.Figure:
     """:func:`draw_generation_step` as a figure of its own."""
     fig, axes = plt.subplots(1, 2, figsize=(5.6, 2.9))
     try:
-        draw_generation_step(axes, canvases, step, windows, N)
+        draw_generation_step(axes, canvases, step, windows, N, initial)
     except ValueError:
         plt.close(fig)
         raise
@@ -411,7 +415,8 @@ def generation_stepper(model, num_seeds: int = 20) -> FigureWidget:
 
     def figure(seed, step):
         out = sample(seed)
-        return generation_figure(out["canvases"], step - 1, out.get("write_windows"), config.write_N)
+        return generation_figure(out["canvases"], step - 1, out.get("write_windows"), config.write_N,
+                                 initial=torch.sigmoid(model.c_0.detach()))
 
     style = {"description_width": "initial"}
     return interactive_figure(

@@ -27,14 +27,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .registry import ModelSpec, register
+from .registry import ModelSpec, config_from_dict, register
 from .runtime import get_profile, pick
 from .train import TrainConfig, TrainResult, fit
 
@@ -62,13 +62,6 @@ class DRAWConfig:
                 raise ValueError(f"DRAWConfig.{name} must be at least 2 (delta divides by N - 1), "
                                  f"got {getattr(self, name)}")
 
-    @classmethod
-    def from_dict(cls, values: Mapping[str, Any]) -> "DRAWConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = set(values) - known - {"kind"}
-        if unknown:
-            raise ValueError(f"unknown DRAW config keys: {sorted(unknown)}")
-        return cls(**{k: v for k, v in values.items() if k in known})
 
 
 PAPER_CONFIG = DRAWConfig()  # T = 64, read 2 x 2, write 5 x 5, LSTMs of 256, z of 100: for a GPU
@@ -452,7 +445,7 @@ def _model_config(task: str, attention: bool = True) -> dict[str, Any]:
 def _build(config: Mapping[str, Any]) -> DRAW:
     if config.get("kind", "draw") != "draw":
         raise ValueError(f"config is for model {config.get('kind')!r}, not 'draw'")
-    return DRAW(DRAWConfig.from_dict(config))
+    return DRAW(config_from_dict(DRAWConfig, config))
 
 
 def train_draw(task: str = "mnist", profile: str | None = None, device=None, seed: int = 0, checkpoint_path=None,

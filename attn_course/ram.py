@@ -18,14 +18,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .registry import ModelSpec, register
+from .registry import ModelSpec, config_from_dict, register
 from .runtime import get_profile, pick
 from .train import TrainConfig, TrainResult, fit
 
@@ -56,13 +56,6 @@ class RAMConfig:
         if not self.std > 0:
             raise ValueError(f"std must be positive, got {self.std}")
 
-    @classmethod
-    def from_dict(cls, values: Mapping[str, Any]) -> "RAMConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = set(values) - known - {"kind"}
-        if unknown:
-            raise ValueError(f"unknown RAM config keys: {sorted(unknown)}")
-        return cls(**{k: v for k, v in values.items() if k in known})
 
 
 # The paper's configurations (Mnih et al. 2014, section 4.1).
@@ -354,7 +347,7 @@ def _model_config(task: str) -> dict[str, Any]:
 def _build(config: Mapping[str, Any]) -> RecurrentAttentionModel:
     if config.get("kind", "ram") != "ram":
         raise ValueError(f"config is for model {config.get('kind')!r}, not 'ram'")
-    return RecurrentAttentionModel(RAMConfig.from_dict(config))
+    return RecurrentAttentionModel(config_from_dict(RAMConfig, config))
 
 
 def train_ram(task: str, profile: str | None = None, device=None, seed: int = 0, checkpoint_path=None,

@@ -8,7 +8,7 @@ train MODEL --task T`` and ``evaluate MODEL --task T`` look models up by name.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
 import torch
@@ -42,6 +42,19 @@ class ModelSpec:
         if task not in self.tasks:
             raise ValueError(f"model {self.name!r} has no task {task!r}; choose one of: {', '.join(self.tasks)}")
         return task
+
+
+def config_from_dict(cls, values: Mapping[str, Any]):
+    """The config dataclass ``cls`` from a stored model config (JSON values; its ``kind`` is ignored).
+
+    Keys ``cls`` does not know are an error naming them, so a checkpoint written for
+    another version of a model fails loudly instead of loading into the wrong shape.
+    """
+    known = {f.name for f in fields(cls)}
+    unknown = set(values) - known - {"kind"}
+    if unknown:
+        raise ValueError(f"unknown {cls.__name__} keys: {sorted(unknown)}")
+    return cls(**{k: v for k, v in values.items() if k in known})
 
 
 _REGISTRY: dict[str, ModelSpec] = {}

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .data.sequences import BOS, EOS, PAD, VOCAB_SIZE
-from .registry import ModelSpec, register
+from .registry import ModelSpec, config_from_dict, register
 from .runtime import get_profile, pick
 from .train import TrainConfig, TrainResult, fit
 
@@ -72,13 +72,6 @@ class TransformerConfig:
     def d_k(self) -> int:
         return self.d_model // self.heads
 
-    @classmethod
-    def from_dict(cls, values: Mapping[str, Any]) -> "TransformerConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = set(values) - known - {"kind"}
-        if unknown:
-            raise ValueError(f"unknown Transformer config keys: {sorted(unknown)}")
-        return cls(**{k: v for k, v in values.items() if k in known})
 
 
 PAPER_CONFIGS = {  # Table 3 of the paper
@@ -586,7 +579,7 @@ def _model_config(task: str) -> dict[str, Any]:
 def _build(config: Mapping[str, Any]) -> Transformer:
     if config.get("kind", "transformer") != "transformer":
         raise ValueError(f"config is for model {config.get('kind')!r}, not 'transformer'")
-    return Transformer(TransformerConfig.from_dict(config))
+    return Transformer(config_from_dict(TransformerConfig, config))
 
 
 def transformer_loss(model: Transformer, batch: Mapping[str, torch.Tensor], epsilon: float = LABEL_SMOOTHING):

@@ -166,3 +166,11 @@ def test_glimpse_paths_and_statistics_on_a_small_task():
     assert stats["error_per_step"].shape == (4,) and stats["hits_per_step"][0] == 1.0  # first glimpse: the centre
     assert 0.1 < stats["random_hits"] < 0.4  # a 28x28 box covers 22% of a 60x60 image
     assert 0.0 <= stats["random_error"] <= 1.0
+
+
+def test_stored_configs_with_unknown_keys_are_refused():
+    from attn_course.registry import config_from_dict
+
+    assert config_from_dict(RAMConfig, {"kind": "ram", "num_glimpses": 4}) == RAMConfig(num_glimpses=4)
+    with pytest.raises(ValueError, match=r"unknown RAMConfig keys: \['bogus'\]"):
+        config_from_dict(RAMConfig, {"kind": "ram", "bogus": 1})

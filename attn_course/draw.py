@@ -67,6 +67,12 @@ class DRAWConfig:
 PAPER_CONFIG = DRAWConfig()  # T = 64, read 2 x 2, write 5 x 5, LSTMs of 256, z of 100: for a GPU
 CPU_CONFIG = DRAWConfig(T=16)  # the same network, 16 steps: trains on one CPU core in about an hour
 QUICK_CONFIG = DRAWConfig(T=8, enc_size=128, dec_size=128, z_size=20)  # the notebook's short run
+# The write's starting intensity 1/gamma^ = e^4.5 = 90. Rows of F that each sum to 1 spread
+# a written value thinly: with sigma = 1.7 pixels, a unit of w adds about 0.06 to the logit
+# at a grid point, so with gamma^ = 1 the canvas can hardly leave its starting value. At
+# 1/gamma^ = 90 a unit of w adds about 5. Measured on the quick configuration (1,200 steps,
+# learning rate 3e-3): test bound 139.2 nats, against 188.5 with gamma^ = 1.
+WRITE_LOG_GAMMA_INIT = -4.5
 
 
 # --------------------------------------------------------------------------- A. the filterbank
@@ -228,19 +234,20 @@ class DRAW(nn.Module):
             self.read_attention = nn.Linear(c.dec_size, 5)  # (g~_X, g~_Y, log sigma^2, log delta~, log gamma)
             self.write_attention = nn.Linear(c.dec_size, 5)  # the same for the write window
             self._centre_window(self.read_attention, c.read_N)
-            self._centre_window(self.write_attention, c.write_N)
+            self._centre_window(self.write_attention, c.write_N, log_gamma=WRITE_LOG_GAMMA_INIT)
 
-    def _centre_window(self, layer: nn.Linear, N: int) -> None:
+    def _centre_window(self, layer: nn.Linear, N: int, log_gamma: float = 0.0) -> None:
         """Start a window over the middle of the image: delta~ = 1/2 (the grid spans half the image), sigma = delta/2.
 
         With a zero bias, delta~ = 1 puts a 2 x 2 read grid on the image's border, which is
         empty on MNIST: the encoder then sees nothing, and training stalls at the
         pixel-marginal solution (about 208 nats, L^z near 0) for hundreds of steps.
+        ``log_gamma`` sets the starting intensity (the write divides by gamma^).
         """
         c = self.config
         delta = (max(c.A, c.B) - 1) / (N - 1) * 0.5
         with torch.no_grad():
-            layer.bias.copy_(torch.tensor([0.0, 0.0, 2 * math.log(delta / 2), math.log(0.5), 0.0]))
+            layer.bias.copy_(torch.tensor([0.0, 0.0, 2 * math.log(delta / 2), math.log(0.5), log_gamma]))
 
     # the two halves of one step -------------------------------------------------------------------------
 

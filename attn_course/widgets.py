@@ -81,6 +81,14 @@ def _as_chw(image) -> torch.Tensor:
     return image
 
 
+def _image_batch(images) -> torch.Tensor:
+    """``images`` as a tensor, checked to be a non-empty batch (N, H, W) or (N, C, H, W)."""
+    images = torch.as_tensor(images)
+    if images.dim() not in (3, 4) or len(images) == 0:
+        raise ValueError(f"expected a non-empty batch of images (N, H, W) or (N, C, H, W), got {tuple(images.shape)}")
+    return images
+
+
 def glimpse_figure(image, x: float, y: float, scale: float, angle: float, size: int = 16) -> plt.Figure:
     """The image with the glimpse's box, and the glimpse the network receives (``angle`` in degrees)."""
     image = _as_chw(image)
@@ -101,9 +109,7 @@ def glimpse_figure(image, x: float, y: float, scale: float, angle: float, size: 
 
 def glimpse_explorer(images, size: int = 16) -> FigureWidget:
     """Sliders that move (x, y), zoom (scale) and rotate (angle) a glimpse over ``images[index]``."""
-    images = torch.as_tensor(images)
-    if images.dim() not in (3, 4) or len(images) == 0:
-        raise ValueError(f"expected a non-empty batch of images (N, H, W) or (N, C, H, W), got {tuple(images.shape)}")
+    images = _image_batch(images)
     style = {"description_width": "initial"}
 
     def draw(index, x, y, scale, angle, size):
@@ -148,9 +154,7 @@ def sensor_figure(image, x: float, y: float, glimpse_size: int = 12, num_scales:
 
 def sensor_explorer(images, glimpse_size: int = 12, num_scales: int = 3) -> FigureWidget:
     """Sliders for the glimpse sensor: location, patch size, number of scales, image."""
-    images = torch.as_tensor(images)
-    if images.dim() not in (3, 4) or len(images) == 0:
-        raise ValueError(f"expected a non-empty batch of images (N, H, W) or (N, C, H, W), got {tuple(images.shape)}")
+    images = _image_batch(images)
     style = {"description_width": "initial"}
     return interactive_figure(
         lambda index, x, y, glimpse_size, num_scales: sensor_figure(images[index], x, y, glimpse_size, num_scales),
@@ -337,9 +341,7 @@ def filterbank_figure(image, g_X: float, g_Y: float, delta: float, sigma2: float
 
 def filterbank_explorer(images, N: int = 5) -> FigureWidget:
     """Sliders for DRAW's filterbank: centre (g_X, g_Y), stride delta, variance sigma^2, intensity gamma, N, image."""
-    images = torch.as_tensor(images)
-    if images.dim() not in (3, 4) or len(images) == 0:
-        raise ValueError(f"expected a non-empty batch of images (N, H, W) or (N, C, H, W), got {tuple(images.shape)}")
+    images = _image_batch(images)
     B, A = images.shape[-2:]
     style = {"description_width": "initial"}
     return interactive_figure(

@@ -1,7 +1,7 @@
 """The course's command line.
 
     python -m attn_course info
-    python -m attn_course train MODEL [--task T] [--profile P] [--out PATH] [--seed S] [--steps N]
+    python -m attn_course train MODEL [--task T] [--profile P] [--out PATH] [--seed S] [--steps N] [--batch-size B]
     python -m attn_course evaluate MODEL [--task T] [--checkpoint PATH]
 
 ``evaluate`` prints one JSON object as its last line: model, task, metrics, number of
@@ -64,7 +64,8 @@ def cmd_train(args: argparse.Namespace, argv: list[str]) -> int:
     print(banner(profile, device))
     model, result, data_description = spec.train(task, profile=profile, device=device, seed=args.seed,
                                                  checkpoint_path=state_path, progress=not args.no_progress,
-                                                 steps=args.steps)
+                                                 steps=args.steps,
+                                                 **({"batch_size": args.batch_size} if args.batch_size else {}))
     if result.interrupted:
         print(f"not finished; resume with: {_command_line(argv)}")
         return 130
@@ -115,16 +116,18 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("info", help="versions, device, profile, data files, models")
     train = sub.add_parser("train", help="train a model from scratch and save it with its model card")
     train.add_argument("model")
-    train.add_argument("--task")
+    train.add_argument("--task", "--variant", dest="task", help="the task or model variant (e.g. translated60, soft)")
     train.add_argument("--profile", choices=["quick", "full"])
     train.add_argument("--out", help="where to write the weights (.pt); the card goes beside it (.json)")
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--steps", type=int, help="training steps (default: the profile's)")
+    train.add_argument("--batch-size", type=int, help="examples per step (default: the recipe's; on a GPU a larger "
+                       "batch costs little time per step)")
     train.add_argument("--device")
     train.add_argument("--no-progress", action="store_true", help="no progress bar (for logs)")
     evaluate = sub.add_parser("evaluate", help="evaluate a pretrained model; the last line is JSON")
     evaluate.add_argument("model")
-    evaluate.add_argument("--task")
+    evaluate.add_argument("--task", "--variant", dest="task", help="the task or model variant")
     evaluate.add_argument("--checkpoint", help="a .pt file written by train (default: the shipped one)")
     evaluate.add_argument("--device")
     return parser

@@ -107,7 +107,7 @@ def _make_spec(name: str, description: str, cls) -> ModelSpec:
         return cls(int(config["image_size"]))
 
     def train(task: str, profile: str | None = None, device=None, seed: int = 0, checkpoint_path=None,
-              progress: bool = True, steps: int | None = None) -> tuple[nn.Module, TrainResult, str]:
+              progress: bool = True, steps: int | None = None, batch_size: int = 128) -> tuple[nn.Module, TrainResult, str]:
         from .data.tasks import MNISTVariantTask
         from .runtime import get_device
 
@@ -116,7 +116,7 @@ def _make_spec(name: str, description: str, cls) -> ModelSpec:
         torch.manual_seed(seed)
         model = build(model_config(task)).to(device)
         data = MNISTVariantTask(task, device=device)
-        config = TrainConfig(steps=steps or pick(1500, 20_000, profile), batch_size=128, lr=1e-3, seed=seed,
+        config = TrainConfig(steps=steps or pick(1500, 20_000, profile), batch_size=batch_size, lr=1e-3, seed=seed,
                              log_every=50, checkpoint_every=500)
         result = fit(model, data.sample, classification_loss, config, device=device,
                      evaluate=lambda m: {"accuracy": test_accuracy(m, data)[0]},

@@ -23,7 +23,7 @@ class ModelSpec:
 
     ``model_config(task)`` gives the config the model is built from (a dict of JSON
     values); ``build(config)`` makes the ``nn.Module``; ``train(task, profile, device,
-    seed, checkpoint_path, progress, steps)`` trains from scratch and returns ``(model,
+    seed, checkpoint_path, progress, steps, batch_size)`` trains from scratch and returns ``(model,
     TrainResult, data_description)``; ``evaluate(model, task, device)`` returns
     ``(metrics, num_examples)`` on the task's test set.
     """

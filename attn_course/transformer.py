@@ -624,7 +624,8 @@ def exact_match(model: Transformer, task, beam_size: int = 1, batch_size: int = 
 
 
 def train_transformer(task: str, profile: str | None = None, device=None, seed: int = 0, checkpoint_path=None,
-                      progress: bool = True, steps: int | None = None) -> tuple[Transformer, TrainResult, str]:
+                      progress: bool = True, steps: int | None = None,
+                      batch_size: int | None = None) -> tuple[Transformer, TrainResult, str]:
     """Train the course's Transformer from scratch on ``task`` with the label-smoothed loss, Adam and (5.5)."""
     from .data.sequences import SequenceTask
     from .runtime import get_device
@@ -634,7 +635,8 @@ def train_transformer(task: str, profile: str | None = None, device=None, seed: 
     torch.manual_seed(seed)
     model = _build(_model_config(task)).to(device)
     data = SequenceTask(task, device=device)
-    quick, full, warmup, batch_size = TRAINING[task]
+    quick, full, warmup, default_batch = TRAINING[task]
+    batch_size = batch_size or default_batch
     total = steps or pick(quick, full, profile)
     warmup = min(warmup, max(total // 4, 1))
     factor = 1.0

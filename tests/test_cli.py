@@ -73,3 +73,27 @@ def test_train_writes_weights_card_and_json(tmp_path):
     assert card["command"].endswith(f"train fc --task mnist28 --out {out} --no-progress")
     assert card["steps"] == result["steps"] and card["metrics"] == result["metrics"]
     assert not out.with_suffix(".state").exists()  # the resumable state is removed once finished
+
+
+def test_train_passes_variant_and_batch_size_to_the_recipe(monkeypatch, tmp_path, capsys):
+    import attn_course.registry as registry
+
+    seen = {}
+    spec = get_spec("fc")
+
+    class Recorder:
+        name, description = spec.name, spec.description
+        check_task = staticmethod(spec.check_task)
+
+        @staticmethod
+        def train(task, **kwargs):
+            seen.update(task=task, **kwargs)
+            raise ValueError("recorded")
+
+    monkeypatch.setattr(registry, "get_spec", lambda name: Recorder)
+    out = str(tmp_path / "x.pt")
+    assert main(["train", "fc", "--variant", "translated60", "--batch-size", "512", "--out", out]) == 2
+    assert seen["task"] == "translated60" and seen["batch_size"] == 512
+    seen.clear()
+    assert main(["train", "fc", "--task", "mnist28", "--out", out]) == 2
+    assert seen["task"] == "mnist28" and "batch_size" not in seen  # the recipe's own default

@@ -1,0 +1,211 @@
+"""Show, Attend and Tell: shapes, attention, the two contexts, the losses, decoding, BLEU, attention correctness, training."""
+
+import math
+
+import pytest
+import torch
+
+from attn_course.data.captions import BOS, EOS, PAD
+from attn_course.data.scenes import VOCAB, ShapeScenes
+from attn_course.registry import get_spec
+from attn_course.show_attend_tell import (SATConfig, ShowAttendTell, attention_correctness, attention_maps,
+                                          beam_search, caption_log_likelihood, corpus_bleu,
+                                          doubly_stochastic_gradient, doubly_stochastic_penalty, evaluate_captions,
+                                          greedy_decode, hard_context, hard_loss, soft_context, soft_loss, train_sat)
+
+SMALL = dict(vocab_size=len(VOCAB), image_size=32, channels=8, D=16, m=16, n=24, att_hidden=16)
+
+
+@pytest.fixture(scope="module")
+def scenes():
+    return ShapeScenes(seed=2, train_size=400, val_size=40, test_size=40)
+
+
+def model_for(attention, **changes):
+    torch.manual_seed(0)
+    return ShowAttendTell(SATConfig(**{**SMALL, "attention": attention, **changes}))
+
+
+def small_batch(scenes, n=6):
+    batch = scenes.sample(torch.Generator().manual_seed(0), n)
+    images = torch.nn.functional.avg_pool2d(batch["images"], 2)  # 32 x 32 for the small model
+    return {"images": images, "captions": batch["captions"]}
+
+
+@pytest.mark.parametrize("attention", ["soft", "hard", "none"])
+def test_shapes_and_attention_weights_sum_to_one(scenes, attention):
+    model = model_for(attention)
+    batch = small_batch(scenes)
+    out = model(batch["images"], batch["captions"])
+    B, T = batch["captions"].shape
+    assert out["logits"].shape == (B, T - 1, len(VOCAB)) and out["alpha"].shape == (B, T - 1, 16)
+    assert out["beta"].shape == (B, T - 1) and ((0 < out["beta"]) & (out["beta"] < 1)).all()
+    assert torch.allclose(out["alpha"].sum(-1), torch.ones(B, T - 1), atol=1e-6) and (out["alpha"] >= 0).all()
+    if attention == "none":
+        assert torch.allclose(out["alpha"], torch.full_like(out["alpha"], 1 / 16))
+    a = model.annotate(batch["images"])
+    assert a["a"].shape == (B, 16, 16) and a["h"].shape == (B, 24) and a["c"].shape == (B, 24)
+
+
+def test_bad_inputs_are_clear_errors(scenes):
+    model = model_for("soft")
+    batch = small_batch(scenes, 2)
+    images, caps = batch["images"], batch["captions"]
+    with pytest.raises(ValueError, match=r"\(B, 3, S, S\) = \(B, 3, 32, 32\)"):
+        model(images[:, :1], caps)
+    with pytest.raises(ValueError, match=r"\(B, T\) = \(2, T >= 2\)"):
+        model(images, caps[0])
+    with pytest.raises(ValueError, match="start with BOS"):
+        model(images, caps[:, 1:])
+    empty = caps.clone()
+    empty[0, 1] = EOS
+    with pytest.raises(ValueError, match="empty caption"):
+        model(images, empty)
+    unknown = caps.clone()
+    unknown[1, 2] = len(VOCAB)
+    with pytest.raises(ValueError, match="unknown token"):
+        model(images, unknown)
+    with pytest.raises(ValueError, match="unknown words"):
+        VOCAB.encode("a small mauve circle")
+    with pytest.raises(ValueError, match="attention must be one of"):
+        SATConfig(attention="hardish")
+    with pytest.raises(ValueError, match=r"a \(B, L, D\) and alpha \(B, L\)"):
+        soft_context(torch.zeros(2, 5, 3), torch.zeros(2, 4))
+    with pytest.raises(ValueError, match="beam_size must be positive"):
+        beam_search(model, images, beam_size=0)
+
+
+def test_soft_context_is_the_expectation_of_the_hard_context():
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(3, 7, 5, generator=g, dtype=torch.float64)
+    alpha = torch.randn(3, 7, generator=g, dtype=torch.float64).softmax(-1)
+    beta = torch.rand(3, 1, generator=g, dtype=torch.float64)
+    exact = sum(alpha[:, i:i + 1] * hard_context(a, torch.full((3,), i), beta) for i in range(7))
+    assert torch.allclose(soft_context(a, alpha, beta), exact)  # (3.13): E_{p(s|a)}[z^] = sum_i alpha_i a_i
+    s = torch.multinomial(alpha, 20_000, replacement=True, generator=g)  # (3, N) samples of s ~ Multinoulli(alpha)
+    monte_carlo = torch.stack([hard_context(a, s[:, k], beta) for k in range(0, 20_000, 10)]).mean(0)
+    assert torch.allclose(monte_carlo, exact, atol=0.05)
+
+
+def test_doubly_stochastic_gradient_matches_autograd():
+    g = torch.Generator().manual_seed(1)
+    alpha = torch.randn(2, 6, 9, generator=g, dtype=torch.float64).softmax(-1).requires_grad_()
+    mask = torch.ones(2, 6, dtype=torch.float64)
+    mask[1, 4:] = 0  # a shorter caption: its padding steps count for nothing
+    penalty = doubly_stochastic_penalty(alpha, mask, lambda_=0.7)
+    manual = 0.7 * ((1 - (alpha * mask[..., None]).sum(1)) ** 2).sum(-1)
+    assert torch.allclose(penalty, manual)
+    penalty.sum().backward()
+    assert torch.allclose(alpha.grad, doubly_stochastic_gradient(alpha.detach(), mask, 0.7))
+    assert alpha.grad[1, 4:].abs().max() == 0
+    # minimised when every location gets one unit of attention over the caption (T = L)
+    uniform = torch.full((1, 9, 9), 1 / 9, dtype=torch.float64)
+    assert doubly_stochastic_penalty(uniform, torch.ones(1, 9, dtype=torch.float64)).item() == pytest.approx(0)
+
+
+def test_hard_loss_baseline_and_the_expected_value_trick(scenes):
+    batch = small_batch(scenes)
+    targets = batch["captions"][:, 1:]
+    # every sample replaced by its expected value: the REINFORCE term vanishes and only -log p(y|a) - lambda_e H remain
+    model = model_for("hard", expected_value_prob=1.0, lambda_e=0.0)
+    loss, metrics = hard_loss(model, batch)
+    torch.manual_seed(3)
+    soft = model(batch["images"], batch["captions"], context="expected")
+    assert torch.allclose(loss, -caption_log_likelihood(soft["logits"], targets).mean(), atol=1e-5)
+    # with sampling, the baseline starts at the first batch's mean log p(y | s~, a), then moves by 0.9 / 0.1 (3.11)
+    model = model_for("hard", expected_value_prob=0.0)
+    torch.manual_seed(4)
+    hard_loss(model, batch)
+    first = float(model.b)
+    torch.manual_seed(5)
+    out = model(batch["images"], batch["captions"])
+    torch.manual_seed(5)
+    hard_loss(model, batch)
+    second = caption_log_likelihood(out["logits"], targets).mean().item()
+    assert first < 0 and float(model.b) == pytest.approx(0.9 * first + 0.1 * second, rel=1e-5)
+    # the surrogate's gradient reaches f_att only through the REINFORCE and entropy terms
+    model.zero_grad()
+    hard_loss(model, batch)[0].backward()
+    assert model.f_att.w.weight.grad.abs().sum() > 0
+
+
+def test_beam_of_one_is_greedy_and_beams_score_their_captions(scenes):
+    model = model_for("soft").eval()
+    images = small_batch(scenes, 5)["images"]
+    greedy = greedy_decode(model, images, max_len=8)
+    beam = beam_search(model, images, beam_size=1, max_len=8)
+    assert torch.equal(greedy["tokens"], beam["tokens"]) and torch.allclose(greedy["alpha"], beam["alpha"])
+    wide = beam_search(model, images, beam_size=4, max_len=8)
+    assert torch.allclose(teacher_log_p(model, images, wide["tokens"]), wide["score"], atol=1e-4)  # log p(y | a)
+    with torch.no_grad():
+        model.L_o.bias[EOS] += 3.0  # make the untrained model's captions end within max_len
+    wide = beam_search(model, images, beam_size=4, max_len=8)
+    assert (wide["tokens"] == EOS).any(1).all()
+    assert torch.allclose(teacher_log_p(model, images, wide["tokens"]), wide["score"], atol=1e-4)
+
+
+def teacher_log_p(model, images, tokens):
+    """log p(y | a) of decoded ``tokens`` (B, T) (no BOS, PAD after EOS), one :meth:`step` at a time."""
+    state = model.annotate(images)
+    y = torch.full((len(tokens),), BOS)
+    total = torch.zeros(len(tokens))
+    for t in range(tokens.shape[1]):
+        result = model.step(y, state)
+        state = {**state, "h": result["h"], "c": result["c"]}
+        log_p = result["logits"].log_softmax(-1).gather(1, tokens[:, t:t + 1].clamp(min=0))[:, 0]
+        total += torch.where(tokens[:, t] != PAD, log_p, 0.0)
+        y = tokens[:, t]
+    return total
+
+
+def test_bleu_against_a_hand_computed_case():
+    hypotheses = ["a red circle above a blue square", "a red circle"]
+    references = [["a red circle above a green square", "a blue square below a red circle"], ["a large red circle"]]
+    # clipped n-gram matches over the corpus: 1-grams 10/10, 2-grams 7/8, 3-grams 4/6, 4-grams 2/4;
+    # hypothesis length 10, closest reference lengths 7 + 4 = 11: BP = exp(1 - 11/10)
+    bp = math.exp(1 - 11 / 10)
+    expected = [bp * 1.0, bp * (7 / 8) ** (1 / 2), bp * (7 / 8 * 4 / 6) ** (1 / 3), bp * (7 / 8 * 4 / 6 * 2 / 4) ** 0.25]
+    scores = corpus_bleu(hypotheses, references)
+    for n, value in enumerate(expected, start=1):
+        assert scores[f"bleu{n}"] == pytest.approx(100 * value, abs=1e-6)
+    assert corpus_bleu(["a b c d"], [["a b c d"]])["bleu4"] == pytest.approx(100)
+    with pytest.raises(ValueError, match="one non-empty list"):
+        corpus_bleu(["a"], [])
+
+
+def test_attention_correctness_on_a_constructed_case():
+    masks = torch.zeros(1, 2, 16, 16, dtype=torch.bool)
+    masks[0, 0, 0:8, 0:8] = True  # object 0 fills the top-left cell of a 2 x 2 grid
+    masks[0, 1, 8:10, 8:10] = True  # object 1 covers a sixteenth of the bottom-right cell
+    alpha = torch.tensor([[[0.7, 0.1, 0.1, 0.1], [0.1, 0.1, 0.1, 0.7], [0.1, 0.7, 0.1, 0.1], [0.25] * 4]])
+    referents = torch.tensor([[0, 1, 0, -1]])
+    scores = attention_correctness(alpha, referents, masks)
+    assert torch.allclose(scores["mass"], torch.tensor([0.7, 0.7 / 16, 0.1]))
+    assert scores["hit"].tolist() == [1.0, 1.0, 0.0]  # the small object's best cell counts as on it
+    assert torch.allclose(scores["chance"], torch.tensor([0.25, 1 / 64, 0.25]))
+    maps = attention_maps(alpha[0], 16)
+    assert maps.shape == (4, 16, 16) and torch.allclose(maps.sum((1, 2)), torch.ones(4), atol=1e-6)
+
+
+def test_a_short_training_run_learns_and_evaluates(scenes):
+    torch.manual_seed(0)
+    data = ShapeScenes(seed=3, train_size=500, val_size=50, test_size=50)
+    model, result, description = train_sat("soft", "quick", "cpu", steps=60, batch_size=16, data=data,
+                                           progress=False, lr=3e-3)
+    _, values = result.history.series("nll_per_word")
+    assert values[-1] < 0.6 * values[0], values  # from about log K = 3.1 nats per word
+    scores = evaluate_captions(model, data, "test")
+    assert scores["count"] == 50 and set(scores) >= {"bleu1", "bleu4", "bleu4_relational", "bleu4_novel"} and "never seen in training" in description
+    assert 0.0 <= scores["attention_mass"] <= 1.0 and scores["words_checked"] > 0
+
+
+def test_registered_for_the_command_line():
+    spec = get_spec("sat")
+    assert spec.tasks == ("soft", "hard", "none") and spec.default_task == "soft"
+    config = spec.model_config("hard")
+    model = spec.build(config)
+    assert isinstance(model, ShowAttendTell) and model.config.attention == "hard"
+    for name in ("E", "L_o", "L_h", "L_z", "f_att", "f_beta", "f_init_h", "f_init_c"):
+        assert hasattr(model, name)
+    with pytest.raises(ValueError, match="unknown Show, Attend and Tell variant"):
+        spec.model_config("medium")

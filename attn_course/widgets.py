@@ -642,3 +642,140 @@ def softmax_scaling_explorer() -> FigureWidget:
         temperature=W.FloatLogSlider(1.0, base=10, min=-1, max=1, step=0.05, description="temperature",
                                      style=style),
     )
+
+
+# --------------------------------------------------------------------------- chapter 3: Show, Attend and Tell
+
+
+def caption_with_attention(model, images, beam_size: int = 1, hard: str = "argmax") -> list[dict]:
+    """Caption ``images`` (B, 3, S, S) and keep, per image, what each emitted word looked at.
+
+    Returns one dict per image: ``words`` (the caption's words, then "<eos>"), ``alpha``
+    (len(words), L), ``beta`` (len(words),) and ``s`` (len(words),), the location the hard
+    model read (for soft attention, the strongest one).
+    """
+    from .data.captions import EOS, PAD
+    from .data.scenes import VOCAB
+    from .show_attend_tell import caption
+
+    images = _image_batch(images)
+    device = next(model.parameters()).device
+    out = caption(model, images.to(device), beam_size=beam_size, hard=hard)
+    results = []
+    for b, row in enumerate(out["tokens"].tolist()):
+        n = next((t + 1 for t, token in enumerate(row) if token in (EOS, PAD)), len(row))
+        words = [VOCAB.itos[token] if token != EOS else "<eos>" for token in row[:n] if token != PAD]
+        n = len(words)
+        results.append({"words": words, "alpha": out["alpha"][b, :n].cpu(), "beta": out["beta"][b, :n].cpu(),
+                        "s": out["s"][b, :n].cpu()})
+    return results
+
+
+def draw_word_attention(ax, image, word: str, alpha, beta=None, s=None, mode: str = "soft") -> None:
+    """One word of a caption over its image: soft, the attention map alpha_t (L,) upsampled; hard, the read cell."""
+    image = _as_chw(image)
+    S = image.shape[-1]
+    G = math.isqrt(len(alpha))
+    title = word if beta is None else f"{word}  (β={float(beta):.2f})"
+    if mode == "soft":
+        from .viz import attention_heatmap
+
+        attention_heatmap(ax, image.permute(1, 2, 0), torch.as_tensor(alpha).reshape(G, G), alpha=0.6)
+    elif mode == "hard":
+        show_image(ax, image.permute(1, 2, 0))
+        if s is not None:
+            cell = S / G
+            row, col = divmod(int(s), G)
+            draw_box(ax, (col * cell - 0.5, row * cell - 0.5, (col + 1) * cell - 0.5, (row + 1) * cell - 0.5),
+                     color="#ff7f0e", linewidth=2.5)
+    else:
+        raise ValueError(f"mode must be 'soft' or 'hard', got {mode!r}")
+    ax.set_title(title, fontsize=9)
+    ax.axis("off")
+
+
+def caption_attention_figure(image, result: dict, mode: str = "soft", ncols: int = 9) -> plt.Figure:
+    """The paper's figure: the image, then one panel per word showing where the model looked for it.
+
+    ``result`` is one entry of :func:`caption_with_attention`.
+    """
+    words = result["words"]
+    panels = len(words) + 1
+    ncols = min(ncols, panels)
+    nrows = math.ceil(panels / ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(1.55 * ncols, 1.95 * nrows), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    show_image(axes.flat[0], _as_chw(image).permute(1, 2, 0), "image")
+    axes.flat[0].axis("off")
+    for t, word in enumerate(words):
+        draw_word_attention(axes.flat[t + 1], image, word, result["alpha"][t], result["beta"][t], result["s"][t], mode)
+    fig.suptitle(" ".join(w for w in words if w != "<eos>"), fontsize=11)
+    fig.tight_layout()
+    return fig
+
+
+def compose_scene(objects: list[tuple[str, str, str, int, int]], image_size: int = 64) -> torch.Tensor:
+    """An image (3, S, S) with up to three objects given as (size, colour, shape, column, row) of their centres."""
+    from .data.scenes import COLOURS, MAX_OBJECTS, SHAPES, SIZES, Layout, render
+
+    if not 1 <= len(objects) <= MAX_OBJECTS:
+        raise ValueError(f"a scene holds 1 to {MAX_OBJECTS} objects, got {len(objects)}")
+    columns = {name: [-1] * MAX_OBJECTS for name in ("shape", "colour", "size", "x", "y")}
+    for k, (size, colour, shape, x, y) in enumerate(objects):
+        for name, value, choices in (("size", size, SIZES), ("colour", colour, COLOURS), ("shape", shape, SHAPES)):
+            if value not in choices:
+                raise ValueError(f"unknown {name} {value!r}; choose one of: {', '.join(choices)}")
+            columns[name][k] = choices.index(value)
+        if not (0 <= x < image_size and 0 <= y < image_size):
+            raise ValueError(f"object centres must lie inside the {image_size} x {image_size} image, got ({x}, {y})")
+        columns["x"][k], columns["y"][k] = int(x), int(y)
+    layout = Layout(torch.tensor([len(objects)]), *(torch.tensor([columns[n]]) for n in ("shape", "colour", "size",
+                                                                                         "x", "y")))
+    images, _ = render(layout, image_size)
+    return images[0]
+
+
+def scene_explorer(models: dict, images) -> FigureWidget:
+    """Pick a test scene, or compose one, and see each model's caption and where it looked for every word.
+
+    ``models`` maps a name ("soft", "hard") to a trained captioner; ``images`` (N, 3, S, S)
+    are the scenes to pick from.
+    """
+    from .data.scenes import COLOURS, SHAPES, SIZES
+
+    images = _image_batch(images)
+    S = images.shape[-1]
+
+    def draw(model, scene, beam_size, compose, size_1, colour_1, shape_1, x_1, y_1, second, size_2, colour_2, shape_2,
+             x_2, y_2):
+        if compose:
+            objects = [(size_1, colour_1, shape_1, x_1, y_1)]
+            if second:
+                objects.append((size_2, colour_2, shape_2, x_2, y_2))
+            image = compose_scene(objects, S)
+        else:
+            image = images[scene]
+        captioner = models[model]
+        result = caption_with_attention(captioner, image[None], beam_size)[0]
+        return caption_attention_figure(image, result, "hard" if captioner.config.attention == "hard" else "soft")
+
+    position = dict(min=6, max=S - 7, continuous_update=False)
+    return interactive_figure(
+        draw,
+        model=W.Dropdown(options=list(models), description="attention"),
+        scene=W.IntSlider(0, 0, len(images) - 1, description="test scene", continuous_update=False),
+        beam_size=W.IntSlider(1, 1, 5, description="beam size", continuous_update=False),
+        compose=W.Checkbox(False, description="compose a scene instead"),
+        size_1=W.Dropdown(options=SIZES, value="large", description="object 1"),
+        colour_1=W.Dropdown(options=COLOURS, value="red", description="colour"),
+        shape_1=W.Dropdown(options=SHAPES, value="circle", description="shape"),
+        x_1=W.IntSlider(value=S // 3, description="column", **position),
+        y_1=W.IntSlider(value=S // 3, description="row", **position),
+        second=W.Checkbox(True, description="object 2"),
+        size_2=W.Dropdown(options=SIZES, value="small", description="size"),
+        colour_2=W.Dropdown(options=COLOURS, value="blue", description="colour"),
+        shape_2=W.Dropdown(options=SHAPES, value="square", description="shape"),
+        x_2=W.IntSlider(value=2 * S // 3, description="column", **position),
+        y_2=W.IntSlider(value=2 * S // 3, description="row", **position),
+    )

@@ -211,3 +211,23 @@ def test_relation_words_are_checked_against_the_layout(scenes):
     flipped = relation_words_correct(swapped, layout)
     is_vertical = (tokens == above) | (tokens == below)
     assert (flipped[is_vertical & checked] == 0).all() and is_vertical.any()
+
+
+def test_clutter_adds_specks_behind_the_objects_and_changes_nothing_else():
+    from attn_course.data.scenes import RGB, render
+
+    plain = ShapeScenes(seed=3, train_size=40, val_size=8, test_size=8)
+    cluttered = ShapeScenes(seed=3, train_size=40, val_size=8, test_size=8, clutter=12)
+    assert torch.equal(plain.split("train").captions, cluttered.split("train").captions)  # same scenes and captions
+    a, b = plain.batch("test", slice(0, 8)), cluttered.batch("test", slice(0, 8))
+    assert torch.equal(a["masks"], b["masks"])
+    inside = a["masks"].any(1, keepdim=True).expand_as(a["images"])
+    assert torch.equal(a["images"][inside], b["images"][inside])  # the objects are untouched
+    changed = (a["images"] != b["images"]).any(1)  # (N, S, S) pixels that a speck painted
+    assert changed.any() and not (changed & a["masks"].any(1)).any()
+    colours = b["images"].permute(0, 2, 3, 1)[changed]  # every painted pixel has an object colour
+    assert (colours[:, None, :] - RGB[None]).abs().amax(-1).min(1).values.max() < 1e-6
+    with pytest.raises(ValueError, match="specks of shape"):
+        render(cluttered.split("test").layout.select(slice(0, 2)), 64, specks=torch.zeros(3, 4, 3, dtype=torch.long))
+    with pytest.raises(ValueError, match="clutter"):
+        ShapeScenes(seed=0, train_size=4, val_size=4, test_size=4, clutter=-1)

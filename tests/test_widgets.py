@@ -220,3 +220,40 @@ def test_softmax_scaling_figure_and_explorer():
     widget = softmax_scaling_explorer()
     widget.controls["d_k"].value = 4
     assert "d_k = 4" in widget.figure.axes[0].get_title()
+
+
+def test_caption_widgets_follow_the_model_and_the_controls():
+    from attn_course.data.scenes import ShapeScenes
+    from attn_course.show_attend_tell import SATConfig, ShowAttendTell
+    from attn_course.widgets import caption_attention_figure, caption_with_attention, compose_scene, scene_explorer
+
+    torch.manual_seed(0)
+    models = {"soft": ShowAttendTell(SATConfig(attention="soft")).eval(),
+              "hard": ShowAttendTell(SATConfig(attention="hard")).eval()}
+    images = ShapeScenes(seed=0, train_size=8, val_size=4, test_size=4).batch("test", slice(0, 4))["images"]
+    result = caption_with_attention(models["soft"], images[:2])
+    assert len(result) == 2
+    for one in result:
+        n = len(one["words"])
+        assert one["alpha"].shape == (n, 64) and one["beta"].shape == (n,) and one["s"].shape == (n,)
+        assert torch.allclose(one["alpha"].sum(-1), torch.ones(n), atol=1e-5)
+    fig = caption_attention_figure(images[0], result[0], "soft")
+    assert sum(ax.get_title() != "" for ax in fig.axes) == len(result[0]["words"]) + 1  # the image, then each word
+    hard = caption_attention_figure(images[0], caption_with_attention(models["hard"], images[:1])[0], "hard")
+    assert len(hard.axes[1].patches) == 1  # the cell the hard model read
+
+    composed = compose_scene([("large", "red", "circle", 20, 20), ("small", "blue", "square", 44, 44)])
+    assert composed.shape == (3, 64, 64)
+    assert torch.allclose(composed[:, 20, 20], torch.tensor([0.90, 0.15, 0.15]))  # red at the circle's centre
+    with pytest.raises(ValueError, match="unknown colour"):
+        compose_scene([("large", "purple", "circle", 20, 20)])
+    with pytest.raises(ValueError, match="inside"):
+        compose_scene([("large", "red", "circle", 80, 20)])
+
+    widget = scene_explorer(models, images)
+    first = widget.figure
+    widget.controls["scene"].value = 2
+    widget.controls["compose"].value = True
+    widget.controls["model"].value = "hard"
+    assert widget.update_count == 4 and widget.figure is not first
+    assert widget.last_update_seconds < 5

@@ -377,8 +377,31 @@ def _inside(shape: int, dx: torch.Tensor, dy: torch.Tensor, r: torch.Tensor) -> 
     return dx.abs() + dy.abs() <= r  # diamond
 
 
-def render(layout: Layout, image_size: int = 64, device=None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Images (N, 3, S, S) in [0, 1] and object masks (N, 3, S, S) (False for absent objects), on ``device``."""
+def draw_specks(generator: torch.Generator, n: int, count: int, image_size: int = 64) -> torch.Tensor:
+    """(n, count, 3) random specks for :func:`render`: column, row (of the top-left pixel) and colour index."""
+    return torch.stack([torch.randint(image_size - 1, (n, count), generator=generator),
+                        torch.randint(image_size - 1, (n, count), generator=generator),
+                        torch.randint(len(COLOURS), (n, count), generator=generator)], -1)
+
+
+def _speck_colours(specks: torch.Tensor, image_size: int) -> torch.Tensor:
+    """(N, 3, S, S): the colour that 2 x 2-pixel specks (N, K, 3) add to the background (0 elsewhere)."""
+    pixels = torch.arange(image_size, device=specks.device)
+    dx = pixels[None, None, None, :] - specks[..., 0, None, None]  # (N, K, 1, S)
+    dy = pixels[None, None, :, None] - specks[..., 1, None, None]  # (N, K, S, 1)
+    on = ((dx == 0) | (dx == 1)) & ((dy == 0) | (dy == 1))
+    paint = RGB.to(specks.device)[specks[..., 2]] - BACKGROUND  # (N, K, 3)
+    return torch.einsum("nkhw,nkc->nchw", on.float(), paint).clamp(max=1 - BACKGROUND)
+
+
+def render(layout: Layout, image_size: int = 64, device=None, specks: torch.Tensor | None = None
+           ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Images (N, 3, S, S) in [0, 1] and object masks (N, 3, S, S) (False for absent objects), on ``device``.
+
+    ``specks`` (N, K, 3) from :func:`draw_specks` add clutter: 2 x 2-pixel dots in the
+    objects' colours, behind the objects. A glance at the background can then mislead,
+    which gives a captioner a reason to look at the object it names.
+    """
     device = torch.device(device) if device is not None else layout.count.device
     layout = layout.to(device)
     pixels = torch.arange(image_size, device=device, dtype=torch.float32)
@@ -390,6 +413,10 @@ def render(layout: Layout, image_size: int = 64, device=None) -> tuple[torch.Ten
         masks |= (layout.shape == k)[..., None, None] & _inside(k, dx, dy, r)
     colour = RGB.to(device)[layout.colour.clamp(min=0)] - BACKGROUND  # (N, 3 objects, 3 channels)
     images = BACKGROUND + torch.einsum("nkhw,nkc->nchw", masks.float(), colour)
+    if specks is not None and specks.shape[1]:
+        if specks.shape[:1] != (len(layout),) or specks.dim() != 3 or specks.shape[2] != 3:
+            raise ValueError(f"expected specks of shape ({len(layout)}, K, 3), got {tuple(specks.shape)}")
+        images = images + _speck_colours(specks.to(device), image_size) * ~masks.any(1, keepdim=True)
     return images, masks
 
 
@@ -405,6 +432,7 @@ class SceneSplit:
     referents: torch.Tensor  # (N, R, T)
     num_references: torch.Tensor  # (N,)
     novel: torch.Tensor  # (N,) bool: contains a held-out composition
+    specks: torch.Tensor  # (N, K, 3) background clutter (K = 0: none), see :func:`draw_specks`
 
     def __len__(self) -> int:
         return len(self.layout)
@@ -423,14 +451,17 @@ class ShapeScenes:
     vocabulary = VOCAB
 
     def __init__(self, seed: int = 0, train_size: int = 10_000, val_size: int = 1_000, test_size: int = 1_000,
-                 novel_fraction: float = 0.25, image_size: int = 64, device: torch.device | str = "cpu"):
+                 novel_fraction: float = 0.25, image_size: int = 64, device: torch.device | str = "cpu",
+                 clutter: int = 0):
         if min(train_size, val_size, test_size) < 1:
             raise ValueError(f"every split needs at least one scene, got {train_size}, {val_size}, {test_size}")
         if not 0.0 <= novel_fraction <= 1.0:
             raise ValueError(f"novel_fraction must be in [0, 1], got {novel_fraction}")
         if image_size < 24:
             raise ValueError(f"image_size must be at least 24 pixels, got {image_size}")
-        self.seed, self.image_size, self.device = seed, image_size, torch.device(device)
+        if clutter < 0:
+            raise ValueError(f"clutter must be a number of specks >= 0, got {clutter}")
+        self.seed, self.image_size, self.device, self.clutter = seed, image_size, torch.device(device), clutter
         self.novel_fraction = novel_fraction
         generator = torch.Generator().manual_seed(seed)
         S = image_size
@@ -444,11 +475,13 @@ class ShapeScenes:
             ]),
         }
         self.splits: dict[str, SceneSplit] = {}
+        clutter_generator = torch.Generator().manual_seed(seed * 7_919 + 17)  # the layouts do not depend on clutter
         for name, layout in layouts.items():
+            specks = draw_specks(clutter_generator, len(layout), clutter, S).to(self.device)
             layout = layout.to(self.device)
             text = captions(layout)
             self.splits[name] = SceneSplit(layout, text["captions"], text["referents"], text["num_references"],
-                                           is_novel(layout))
+                                           is_novel(layout), specks)
 
     def split(self, name: str) -> SceneSplit:
         if name not in self.splits:
@@ -463,7 +496,7 @@ class ShapeScenes:
         """
         split = self.split(name)
         layout = split.layout.select(index)
-        images, masks = render(layout, self.image_size, self.device)
+        images, masks = render(layout, self.image_size, self.device, split.specks[index])
         return {"images": images, "masks": masks, "references": split.captions[index],
                 "referents": split.referents[index], "num_references": split.num_references[index],
                 "novel": split.novel[index], "layout": layout}
@@ -483,7 +516,7 @@ class ShapeScenes:
         which = torch.rand(batch_size, generator=generator)
         index = index.to(self.device)
         pick = (which.to(self.device) * split.num_references[index]).long()
-        images, masks = render(split.layout.select(index), self.image_size, self.device)
+        images, masks = render(split.layout.select(index), self.image_size, self.device, split.specks[index])
         return {"images": images, "masks": masks, "captions": split.captions[index, pick],
                 "referents": split.referents[index, pick]}
 

@@ -26,7 +26,7 @@ import torch
 from IPython.display import display
 
 from .attention import glimpse, glimpse_corners
-from .viz import draw_box, draw_trajectory, show_image
+from .viz import attention_heatmap, draw_box, draw_trajectory, show_image
 
 
 class FigureWidget(W.VBox):
@@ -678,8 +678,6 @@ def draw_word_attention(ax, image, word: str, alpha, beta=None, s=None, mode: st
     G = math.isqrt(len(alpha))
     title = word if beta is None else f"{word}  (β={float(beta):.2f})"
     if mode == "soft":
-        from .viz import attention_heatmap
-
         attention_heatmap(ax, image.permute(1, 2, 0), torch.as_tensor(alpha).reshape(G, G), alpha=0.6)
     elif mode == "hard":
         show_image(ax, image.permute(1, 2, 0))

@@ -49,12 +49,23 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _with_attention_flag(spec, args: argparse.Namespace) -> str | None:
+    """``--no-attention`` selects the variant named TASK-noattn (e.g. r2am's ``recursive-noattn``)."""
+    if not getattr(args, "no_attention", False):
+        return args.task
+    task = f"{args.task or spec.default_task or spec.tasks[0]}-noattn"
+    if task not in spec.tasks:
+        raise ValueError(f"model {spec.name!r} has no variant without attention for {task[:-7]!r}; "
+                         f"its variants: {', '.join(spec.tasks)}")
+    return task
+
+
 def cmd_train(args: argparse.Namespace, argv: list[str]) -> int:
     from .checkpoints import pretrained_name, save_pretrained
     from .registry import get_spec
 
     spec = get_spec(args.model)
-    task = spec.check_task(args.task)
+    task = spec.check_task(_with_attention_flag(spec, args))
     profile = get_profile(args.profile)
     device = get_device(args.device)
     out = Path(args.out) if args.out else Path("runs") / f"{pretrained_name(spec.name, task)}.pt"
@@ -99,7 +110,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from .registry import get_spec, load_model_file, load_pretrained
 
     spec = get_spec(args.model)
-    task = spec.check_task(args.task)
+    task = spec.check_task(_with_attention_flag(spec, args))
     device = get_device(args.device)
     if args.checkpoint:
         model = load_model_file(spec, task, Path(args.checkpoint), device)
@@ -123,11 +134,13 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--steps", type=int, help="training steps (default: the profile's)")
     train.add_argument("--batch-size", type=int, help="examples per step (default: the recipe's; on a GPU a larger "
                        "batch costs little time per step)")
+    train.add_argument("--no-attention", action="store_true", help="the variant without attention (r2am)")
     train.add_argument("--device")
     train.add_argument("--no-progress", action="store_true", help="no progress bar (for logs)")
     evaluate = sub.add_parser("evaluate", help="evaluate a pretrained model; the last line is JSON")
     evaluate.add_argument("model")
     evaluate.add_argument("--task", "--variant", dest="task", help="the task or model variant")
+    evaluate.add_argument("--no-attention", action="store_true", help="the variant without attention (r2am)")
     evaluate.add_argument("--checkpoint", help="a .pt file written by train (default: the shipped one)")
     evaluate.add_argument("--device")
     return parser

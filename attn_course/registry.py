@@ -70,7 +70,7 @@ def register(spec: ModelSpec) -> ModelSpec:
 
 def _load_chapter_modules() -> None:
     # Importing a chapter module registers its models. Add new chapters here.
-    from . import baselines, draw, ram, show_attend_tell, transformer  # noqa: F401
+    from . import baselines, draw, r2am, ram, show_attend_tell, transformer  # noqa: F401
 
 
 def get_spec(name: str) -> ModelSpec:

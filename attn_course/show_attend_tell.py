@@ -72,7 +72,8 @@ class SATConfig:
     """The model's sizes and the losses' weights. The defaults are the course's model for the shape scenes."""
 
     vocab_size: int = 23  # K, with PAD, BOS and EOS (the shape scenes' vocabulary)
-    image_size: int = 64  # S: images are (3, S, S); the grid is S/8 x S/8
+    image_size: int = 64  # S: images are (3, S, S); the grid is S/cell x S/cell
+    cell: int = 8  # pixels per grid cell: 8 (three stride-2 convolutions) or 4 (the third with stride 1)
     channels: int = 16  # channels of the first convolution (then 2x, then D)
     D: int = 64  # size of an annotation vector a_i
     m: int = 64  # word embedding size (E is m x K)
@@ -94,6 +95,8 @@ class SATConfig:
             raise ValueError(f"SATConfig.vocab_size must exceed the three special tokens, got {self.vocab_size}")
         if self.image_size < 16 or self.image_size % 8:
             raise ValueError(f"SATConfig.image_size must be a multiple of 8 and at least 16, got {self.image_size}")
+        if self.cell not in (4, 8):
+            raise ValueError(f"SATConfig.cell (pixels per grid cell) must be 4 or 8, got {self.cell}")
         if self.attention not in ATTENTION:
             raise ValueError(f"SATConfig.attention must be one of {ATTENTION}, got {self.attention!r}")
         if not 0.0 <= self.expected_value_prob <= 1.0 or not 0.0 <= self.baseline_decay < 1.0:
@@ -101,7 +104,7 @@ class SATConfig:
 
     @property
     def grid(self) -> int:
-        return self.image_size // 8
+        return self.image_size // self.cell
 
     @property
     def L(self) -> int:
@@ -112,9 +115,9 @@ class SATConfig:
 
 
 class Encoder(nn.Module):
-    """Image (B, 3, S, S) -> annotation vectors a (B, L, D), L = (S/8)^2, in row-major grid order.
+    """Image (B, 3, S, S) -> annotation vectors a (B, L, D), L = (S/cell)^2, in row-major grid order.
 
-    Three stride-2 3 x 3 convolutions and a 1 x 1 one, each followed by batch normalisation
+    Three 3 x 3 convolutions (strides 2, 2 and cell/4) and a 1 x 1 one, each followed by batch normalisation
     and a ReLU, give D - 2 features; the last two entries of a_i are the
     column and row of the cell's centre (scaled to +-POSITION_SCALE), so that a glimpse
     knows where it was taken, and the soft context carries the expected location. The
@@ -133,7 +136,7 @@ class Encoder(nn.Module):
         c, D = config.channels, config.D
         self.config = config
         layers, width = [], 3
-        for out, size, stride in ((c, 3, 2), (2 * c, 3, 2), (D, 3, 2), (D - 2, 1, 1)):
+        for out, size, stride in ((c, 3, 2), (2 * c, 3, 2), (D, 3, config.cell // 4), (D - 2, 1, 1)):
             layers += [nn.Conv2d(width, out, size, stride=stride, padding=size // 2, bias=False), nn.BatchNorm2d(out),
                        nn.ReLU()]
             width = out
@@ -619,8 +622,9 @@ TRAINING = {  # steps in the quick and full profiles; batch size; Adam's learnin
     # Measured full runs (one CPU thread, shared): soft 535 s, test BLEU-4 97.0, strongest location on the
     # named object for 50.0% of content words; hard 887 s, BLEU-4 92.9, 47.3%; none 623 s, BLEU-4 79.8.
     # Toward the 80% target (soft, 8,000 steps each): background clutter 47%; an encoder whose cells see
-    # only their own 8 pixels 47%; a 16 x 16 grid (last 3 x 3 convolution with stride 1, L = 256) 72.2%,
-    # BLEU-4 96.6, 1,143 s. The finer grid is the lead to follow.
+    # only their own 8 pixels 47%; a 16 x 16 grid (SATConfig(cell=4): the last 3 x 3 convolution with
+    # stride 1, L = 256) 72.2%, BLEU-4 96.6, 1,143 s. The finer grid is the lead to follow; a 16,000-step run
+    # of it was started and stopped at step 4,155 to give the CPU to chapter 4.
     "soft": (400, 8000, 32, 2e-3),  # about 65 ms a step on one CPU core: 30 s quick, 9 min full
     "hard": (400, 10000, 32, 2e-3),
     "none": (400, 8000, 32, 2e-3),

@@ -97,3 +97,29 @@ def test_train_passes_variant_and_batch_size_to_the_recipe(monkeypatch, tmp_path
     seen.clear()
     assert main(["train", "fc", "--task", "mnist28", "--out", out]) == 2
     assert seen["task"] == "mnist28" and "batch_size" not in seen  # the recipe's own default
+
+
+def test_no_attention_flag_selects_the_noattn_variant(monkeypatch, tmp_path, capsys):
+    import attn_course.registry as registry
+
+    seen = {}
+    spec = get_spec("r2am")
+
+    class Recorder:
+        name, description, tasks, default_task = spec.name, spec.description, spec.tasks, spec.default_task
+        check_task = staticmethod(spec.check_task)
+
+        @staticmethod
+        def train(task, **kwargs):
+            seen.update(task=task)
+            raise ValueError("recorded")
+
+    monkeypatch.setattr(registry, "get_spec", lambda name: Recorder)
+    out = str(tmp_path / "x.pt")
+    assert main(["train", "r2am", "--variant", "recurrent", "--no-attention", "--out", out]) == 2
+    assert seen["task"] == "recurrent-noattn"
+    assert main(["train", "r2am", "--no-attention", "--out", out]) == 2
+    assert seen["task"] == "recursive-noattn"
+    monkeypatch.setattr(registry, "get_spec", lambda name: spec)
+    assert main(["train", "r2am", "--variant", "recursive-noattn", "--no-attention", "--out", out]) == 2
+    assert "no variant without attention" in capsys.readouterr().err

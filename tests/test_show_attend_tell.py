@@ -209,3 +209,11 @@ def test_registered_for_the_command_line():
         assert hasattr(model, name)
     with pytest.raises(ValueError, match="unknown Show, Attend and Tell variant"):
         spec.model_config("medium")
+
+
+def test_finer_grid_has_four_pixel_cells():
+    model = ShowAttendTell(SATConfig(**{**SMALL, "cell": 4}))
+    a = model.encoder(torch.rand(2, 3, 32, 32))
+    assert model.config.grid == 8 and a.shape == (2, 64, SMALL["D"])
+    with pytest.raises(ValueError, match="cell"):
+        SATConfig(cell=2)

@@ -1,0 +1,142 @@
+"""R2AM: the three blocks (equations 4.1-4.2), their parameter counts and receptive fields, the attention decoder,
+decoding, the metrics, training and the registry."""
+
+import pytest
+import torch
+
+from attn_course.data.text_lines import EOS, HEIGHT, PAD, WIDTH, TextLineConfig, TextLines, encode_batch
+from attn_course.r2am import (BLOCKS, R2AM, TASKS, PlainBlock, R2AMConfig, RecurrentBlock, RecursiveBlock,
+                              alignment, block_parameters, character_error_rate, column_centres, evaluate_reading,
+                              r2am_loss, read, receptive_field, train_r2am)
+from attn_course.registry import get_spec
+
+SMALL = dict(c1=8, c2=8, D=16, m=8, n=16, att_hidden=8)
+
+
+@pytest.fixture(scope="module")
+def lines():
+    return TextLines(TextLineConfig(seed=1, test_size=24, val_size=8))
+
+
+def batch_of(lines, n=6):
+    return lines.sample(torch.Generator().manual_seed(0), n)
+
+
+@pytest.mark.parametrize("kind", BLOCKS)
+@pytest.mark.parametrize("T", [0, 1, 3])
+def test_parameter_count_formula(kind, T):
+    block = {"recursive": RecursiveBlock(12, T), "recurrent": RecurrentBlock(12, T),
+             "plain": PlainBlock(12, T)}[kind]
+    assert sum(p.numel() for p in block.parameters()) == block_parameters(kind, 12, T)
+    untied = RecurrentBlock(12, T, tied=False)
+    assert sum(p.numel() for p in untied.parameters()) == block_parameters("recurrent", 12, T, tied=False)
+
+
+def test_recursive_block_equals_a_plain_stack_with_tied_weights():
+    torch.manual_seed(0)
+    recursive, plain = RecursiveBlock(6, 3).eval(), PlainBlock(6, 3).eval()
+    for t, (conv, norm) in enumerate(zip(plain.convs, plain.norms)):
+        conv.load_state_dict(recursive.w_hh.state_dict())
+        recursive.norms[t].running_mean.uniform_(-0.1, 0.1)
+        norm.load_state_dict(recursive.norms[t].state_dict())
+    x = torch.randn(2, 6, 8, 10)
+    assert torch.allclose(recursive(x), plain(x), atol=1e-6)
+    steps = recursive(x, return_steps=True)
+    assert len(steps) == 4 and torch.equal(steps[-1], recursive(x))
+
+
+def test_recurrent_block_feeds_the_input_at_every_step():
+    torch.manual_seed(0)
+    block = RecurrentBlock(4, 2).eval()
+    x = torch.randn(1, 4, 6, 6)
+    with torch.no_grad():
+        feed = block.w_f(x)
+        h = torch.relu(block.norms[0](feed))
+        for t in (1, 2):
+            h = torch.relu(block.norms[t](block.w_r[0](h) + feed))
+    assert torch.allclose(block(x), h, atol=1e-6)
+    assert len(RecurrentBlock(4, 3, tied=False).w_r) == 3 and len(RecurrentBlock(4, 3).w_r) == 1
+
+
+@pytest.mark.parametrize("kind", BLOCKS)
+@pytest.mark.parametrize("T", [0, 2])
+def test_receptive_field_formula_matches_the_gradient(kind, T):
+    torch.manual_seed(0)
+    model = R2AM(R2AMConfig(block=kind, T=T, **SMALL)).eval()
+    support = torch.zeros(WIDTH)
+    for _ in range(3):
+        x = torch.rand(2, 1, HEIGHT, WIDTH, requires_grad=True)
+        model.encoder(x)[:, 12].sum().backward()
+        support += x.grad.abs().sum((0, 1, 2))
+    seen = support.nonzero()[:, 0]
+    assert int(seen.max() - seen.min() + 1) == receptive_field(T) == 25 + 12 * T
+
+
+@pytest.mark.parametrize("attention", ["soft", "none"])
+def test_shapes_attention_sums_to_one_and_loss(lines, attention):
+    torch.manual_seed(0)
+    model = R2AM(R2AMConfig(attention=attention, **SMALL))
+    batch = batch_of(lines)
+    out = model(batch["images"], batch["tokens"])
+    steps = int((batch["tokens"] != PAD).sum(1).max()) - 1
+    assert out["logits"].shape == (6, steps, model.config.vocab_size)
+    assert out["alpha"].shape == (6, steps, WIDTH // 4)
+    assert torch.allclose(out["alpha"].sum(-1), torch.ones(6, steps), atol=1e-5)
+    loss, metrics = r2am_loss(model, batch)
+    assert 2.0 < float(loss.detach()) < 5.0 and 0 <= float(metrics["char_accuracy"]) <= 1
+
+
+def test_bad_inputs_get_clear_errors(lines):
+    model = R2AM(R2AMConfig(**SMALL))
+    with pytest.raises(ValueError, match=r"\(B, 1, 32, 100\)"):
+        model.encoder(torch.zeros(2, 1, 32, 64))
+    with pytest.raises(ValueError, match="token ids"):
+        model(torch.zeros(1, 1, 32, 100), torch.tensor([[1, 99, 2]]))
+    with pytest.raises(ValueError, match="block"):
+        R2AMConfig(block="deep")
+    with pytest.raises(ValueError, match="unknown R2AM variant"):
+        get_spec("r2am").model_config("lstm")
+
+
+@pytest.mark.parametrize("beam", [1, 3])
+def test_reading_returns_strings_and_alignment(lines, beam):
+    model = R2AM(R2AMConfig(**SMALL))
+    batch = batch_of(lines, 4)
+    out = read(model, batch["images"], beam_size=beam)
+    assert len(out["texts"]) == 4 and out["alpha"].shape[:2] == out["tokens"].shape
+
+
+def test_alignment_scores_the_nearest_character():
+    centres = torch.tensor([[10.0, 30.0, 50.0, float("nan")]])
+    x = column_centres()
+    alpha = torch.zeros(1, 3, 25)
+    for t, target in enumerate((10.0, 30.0, 28.0)):  # the third step looks at the second character
+        alpha[0, t, (x - target).abs().argmin()] = 1.0
+    scored = alignment(alpha, centres)
+    assert scored["hit"].tolist() == [[True, True, False]]
+    assert scored["valid"].tolist() == [[True, True, True]]
+
+
+def test_character_error_rate():
+    assert character_error_rate(["abc", "abd"], ["abc", "abc"]) == pytest.approx(1 / 6)
+    assert character_error_rate(["", "xyz"], ["ab", "xyz"]) == pytest.approx(2 / 5)
+    with pytest.raises(ValueError):
+        character_error_rate(["a"], [])
+
+
+@pytest.mark.slow
+def test_a_short_training_run_learns(lines):
+    torch.set_num_threads(2)
+    model, result, _ = train_r2am("recursive", steps=120, device="cpu", data=lines, progress=False, batch_size=32)
+    losses = result.history.series("loss")[1]
+    assert losses[-1] < losses[0] - 0.5
+    scores = evaluate_reading(model, lines, ("test_words",))
+    assert set(scores) == {"word_accuracy_words", "cer_words", "alignment_words"}
+    assert scores["cer_words"] < 1.0
+
+
+def test_registry_tasks_and_configs():
+    spec = get_spec("r2am")
+    assert set(spec.tasks) == set(TASKS)
+    assert spec.model_config("plain-noattn")["attention"] == "none"
+    assert spec.model_config("recurrent")["block"] == "recurrent"

@@ -400,7 +400,7 @@ def evaluate_reading(model: R2AM, data, splits=("test_words", "test_random"), be
 
 TASKS = BLOCKS + tuple(f"{b}-noattn" for b in BLOCKS)
 TRAINING = {  # steps in the quick and full profiles; batch size; Adam's learning rate
-    "quick": 300, "full": 12000, "batch": 64, "lr": 2e-3,
+    "quick": 300, "full": 10000, "batch": 64, "lr": 2e-3,
 }
 DATA_SEED = 0
 

@@ -777,3 +777,134 @@ def scene_explorer(models: dict, images) -> FigureWidget:
         x_2=W.IntSlider(value=2 * S // 3, description="column", **position),
         y_2=W.IntSlider(value=2 * S // 3, description="row", **position),
     )
+
+
+# --------------------------------------------------------------------------- chapter 4: reading text lines
+
+
+def render_line(text: str, font: str = "DejaVu Sans", noise: float = 0.0, rotation: float = 0.0, blur: float = 0.0,
+                seed: int = 0) -> dict:
+    """One 32 x 100 text line of ``text`` in ``font``: centred, rotated by ``rotation`` degrees, with pixel
+    ``noise`` (std) and ``blur`` (sigma in pixels). Returns render's dict (images, centres, shown, tokens)."""
+    from dataclasses import replace
+
+    from .data.text_lines import FONTS, Style, render
+
+    style = replace(Style.clean(), noise=(noise, noise), blur=(blur, blur))
+    fonts = torch.tensor([list(FONTS).index(font)])
+    out = render([text.lower()], fonts, torch.Generator().manual_seed(seed), style, angles=torch.tensor([rotation]))
+    out["shown"] = [text]
+    return out
+
+
+def reading_figure(image, result: dict, centres=None, text: str | None = None) -> plt.Figure:
+    """A text line with the model's reading: the image with the attended position of each character, and the
+    alignment matrix (characters x columns) with the true centres marked."""
+    from .r2am import column_centres
+
+    image = torch.as_tensor(image).reshape(32, 100).cpu()
+    steps = len(result["text"]) + 1  # the characters and EOS
+    alpha = result["alpha"][:steps].cpu()
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(7.5, 2.4 + 0.22 * steps),
+                                      gridspec_kw={"height_ratios": [1.0, 0.3 + 0.12 * steps]})
+    top.imshow(image, cmap="gray", vmin=0, vmax=1, extent=(0, 100, 32, 0), aspect="auto")
+    x = column_centres(alpha.shape[-1])
+    looked = (alpha * x).sum(-1)
+    for t, position in enumerate(looked[:-1].tolist()):
+        top.axvline(position, color="#ff7f0e", lw=1, alpha=0.8)
+        top.text(position, -1.5, result["text"][t], color="#ff7f0e", ha="center", fontsize=9)
+    title = f"read: {result['text']!r}" + (f"   (truth: {text!r})" if text is not None else "")
+    top.set_title(title, fontsize=10, pad=14)
+    top.set_xlim(0, 100)
+    top.axis("off")
+    bottom.imshow(alpha, cmap="viridis", aspect="auto", extent=(0, 100, steps - 0.5, -0.5), vmin=0)
+    bottom.set_yticks(range(steps), labels=list(result["text"]) + ["EOS"], fontsize=8)
+    bottom.set_xlabel("pixels from the left (columns of 4 pixels)", fontsize=8)
+    if centres is not None:
+        truth = torch.as_tensor(centres).cpu()
+        for t, c in enumerate(truth.tolist()[:steps]):
+            if not math.isnan(c):
+                bottom.plot([c], [t], marker="o", mfc="none", mec="#d62728", ms=6)
+    fig.tight_layout()
+    return fig
+
+
+def read_line(model, image) -> dict:
+    """The model's reading of one line (1, 32, 100): ``text``, ``alpha`` (steps, L)."""
+    from .r2am import read
+
+    device = next(model.parameters()).device
+    out = read(model, torch.as_tensor(image).reshape(1, 1, 32, 100).to(device))
+    return {"text": out["texts"][0], "alpha": out["alpha"][0].cpu()}
+
+
+def text_line_explorer(models: dict, text: str = "attention") -> FigureWidget:
+    """Type a string, pick a font, noise, blur and rotation; see the line, the model's reading and where it looked
+    for each character (the true centres as red circles). ``models`` maps names to trained R2AM models."""
+    from .data.text_lines import FONTS, encode
+
+    style = {"description_width": "initial"}
+
+    def draw(model, text, font, noise, blur, rotation):
+        text = text.strip()
+        try:
+            encode(text)
+        except ValueError as error:
+            return _message_figure(str(error))
+        line = render_line(text, font, noise, rotation, blur)
+        result = read_line(models[model], line["images"][0])
+        return reading_figure(line["images"][0], result, line["centres"][0], text.lower())
+
+    return interactive_figure(
+        draw,
+        model=W.Dropdown(options=list(models), description="CNN"),
+        text=W.Text(value=text, description="text (a-z, 0-9)", continuous_update=False, style=style),
+        font=W.Dropdown(options=list(FONTS), value="DejaVu Sans", description="font"),
+        noise=W.FloatSlider(0.0, min=0.0, max=0.3, step=0.02, description="noise", continuous_update=False),
+        blur=W.FloatSlider(0.0, min=0.0, max=2.0, step=0.1, description="blur", continuous_update=False),
+        rotation=W.FloatSlider(0.0, min=-10.0, max=10.0, step=0.5, description="rotation (degrees)",
+                               continuous_update=False, style=style),
+    )
+
+
+def receptive_field_figure(T: int = 2, column: int = 12, text: str = "recursion") -> plt.Figure:
+    """The input pixels that column ``column`` of an R2AM encoder with T recursion steps can see (4.9),
+    over a rendered line: the formula's span and, shaded, the gradient of the column with respect to the input."""
+    from .r2am import R2AM, R2AMConfig, column_centres, receptive_field
+
+    if not 0 <= T <= 6:
+        raise ValueError(f"T must lie in [0, 6], got {T}")
+    torch.manual_seed(0)
+    model = R2AM(R2AMConfig(T=T, c1=8, c2=8, D=16)).eval()
+    line = render_line(text)["images"]
+    x = line.clone().requires_grad_(True)
+    model.encoder(x)[0, column].abs().sum().backward()
+    influence = x.grad[0, 0].abs().sum(0)
+    r = receptive_field(T)
+    centre = float(column_centres()[column])
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(7.5, 3.0), sharex=True,
+                                      gridspec_kw={"height_ratios": [1.0, 0.7]})
+    top.imshow(line[0, 0], cmap="gray", vmin=0, vmax=1, extent=(0, 100, 32, 0), aspect="auto")
+    top.axvspan(centre - r / 2, centre + r / 2, color="#ff7f0e", alpha=0.3)
+    top.set_title(f"T = {T}: column {column} sees {r} pixels (25 + 12 T), {2 * (T + 1)} convolutions in the blocks",
+                  fontsize=10)
+    top.axis("off")
+    bottom.fill_between(range(100), influence.numpy(), color="#1f77b4", step="mid")
+    bottom.axvline(centre - r / 2, color="#ff7f0e")
+    bottom.axvline(centre + r / 2, color="#ff7f0e")
+    bottom.set_xlim(0, 100)
+    bottom.set_yticks([])
+    bottom.set_xlabel("input column (pixels); blue: |d a_i / d x| summed over rows (an untrained encoder)",
+                      fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def receptive_field_explorer() -> FigureWidget:
+    """A recursion-depth slider: how far one column of the encoder sees."""
+    return interactive_figure(
+        receptive_field_figure,
+        T=W.IntSlider(2, 0, 6, description="recursion T", continuous_update=False),
+        column=W.IntSlider(12, 0, 24, description="column", continuous_update=False),
+        text=W.Text(value="recursion", description="text", continuous_update=False),
+    )

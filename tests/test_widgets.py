@@ -257,3 +257,25 @@ def test_caption_widgets_follow_the_model_and_the_controls():
     widget.controls["model"].value = "hard"
     assert widget.update_count == 4 and widget.figure is not first
     assert widget.last_update_seconds < 5
+
+
+def test_text_line_explorer_reads_and_reports_bad_strings():
+    from attn_course.r2am import R2AM, R2AMConfig
+    from attn_course.widgets import receptive_field_figure, render_line, text_line_explorer
+
+    torch.manual_seed(0)
+    model = R2AM(R2AMConfig(c1=8, c2=8, D=16, m=8, n=16, att_hidden=8)).eval()
+    widget = text_line_explorer({"tiny": model}, text="abc")
+    assert widget.update_count == 1 and widget.figure is not None
+    widget.controls["text"].value = "caf\u00e9"
+    texts = [t.get_text() for ax in widget.figure.axes for t in ax.texts]
+    assert any("outside the alphabet" in t for t in texts)
+    widget.controls["text"].value = "hello"
+    widget.controls["rotation"].value = -5.0
+    assert widget.update_count == 4
+    upright, turned = render_line("hello")["images"], render_line("hello", rotation=-5.0)["images"]
+    assert not torch.allclose(upright, turned)
+    figure = receptive_field_figure(T=1, column=12)
+    assert "37 pixels" in figure.axes[0].get_title()
+    with pytest.raises(ValueError, match="T must"):
+        receptive_field_figure(T=9)

@@ -272,12 +272,14 @@ def _gaussian_blur(images: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
 
 
 def render(texts: Sequence[str], fonts: torch.Tensor, generator: torch.Generator, style: Style = Style(),
-           device=None, cases: torch.Tensor | None = None, font_names: Sequence[str] = tuple(FONTS)) -> dict:
+           device=None, cases: torch.Tensor | None = None, font_names: Sequence[str] = tuple(FONTS),
+           angles: torch.Tensor | None = None) -> dict:
     """Render the lines ``texts`` (labels, lower case) in the fonts ``fonts`` (B,) (indices into ``font_names``).
 
     Returns ``images`` (B, 1, 32, 100) in [0, 1], ``centres`` (B, MAX_LENGTH) the characters'
     centres in pixels from the left (NaN past the end), ``shown`` the strings as drawn (their
-    case), and ``tokens`` (B, MAX_LENGTH + 2) (BOS, characters, EOS, PAD).
+    case), and ``tokens`` (B, MAX_LENGTH + 2) (BOS, characters, EOS, PAD). ``cases`` (B,) and
+    ``angles`` (B,) in degrees, when given, replace the random case and rotation.
     """
     device = torch.device(device) if device is not None else torch.device("cpu")
     B = len(texts)
@@ -316,7 +318,10 @@ def render(texts: Sequence[str], fonts: torch.Tensor, generator: torch.Generator
     centre_y = torch.full_like(centre_x, BASELINE - 0.3 * GLYPH_PIXELS)  # between the baseline and the x-height
     scale = torch.minimum(u(style.text_height) * HEIGHT / GLYPH_PIXELS,
                           u(style.fill_width) * WIDTH / (text_width + 0.2 * GLYPH_PIXELS))
-    angle = u((-style.rotation_degrees, style.rotation_degrees)) * math.pi / 180
+    angle = u((-style.rotation_degrees, style.rotation_degrees))
+    if angles is not None:
+        angle = torch.as_tensor(angles, dtype=angle.dtype).to(device).expand(B)
+    angle = angle * math.pi / 180
     shear = u((-style.shear, style.shear))
     cos, sin = angle.cos(), angle.sin()
     # forward linear part A = s R Sh, Sh = [[1, shear], [0, 1]]

@@ -22,15 +22,16 @@ The CNN's two blocks are one of three kinds of equal depth (``T + 1`` convolutio
 Each step has its own batch normalisation inside sigma (Liang & Hu normalise every step
 too, with LRN); the convolution weights are what is tied.
 
-The decoder (4.3)-(4.7), with the previous state h_{t-1}, the embedding E y_{t-1} and the
-context z_t::
+The parameter counts of the three blocks are (4.3) (:func:`block_parameters`), their
+receptive field (4.4)-(4.5) (:func:`receptive_field`). The decoder (4.6), with the
+previous state h_{t-1}, the embedding E y_{t-1} and the context z_t::
 
-    e_ti = w^T tanh(W_a a_i + W_h h_{t-1}),  alpha_ti = softmax_i(e_ti)           (4.3), (4.4)
-    z_t = sum_i alpha_ti a_i                                                         (4.5)
-    h_t, c_t = LSTM([E y_{t-1}, z_t], h_{t-1}, c_{t-1})                              (4.6)
-    p(y_t | y_<t, x) = softmax(L_o(E y_{t-1} + L_h h_t + L_z z_t))                  (4.7)
+    e_ti = w^T tanh(W_a a_i + W_h h_{t-1}),  alpha_ti = softmax_i(e_ti)
+    z_t = sum_i alpha_ti a_i
+    h_t, c_t = LSTM([E y_{t-1}, z_t], h_{t-1}, c_{t-1})
+    p(y_t | y_<t, x) = softmax(L_o(E y_{t-1} + L_h h_t + L_z z_t))
 
-and the loss is -sum_t log p(y_t | y_<t, x) (4.8). The attention network, the decoding
+and the loss is -sum_t log p(y_t | y_<t, x) (4.7). The attention network, the decoding
 functions (greedy and beam search) are those of :mod:`attn_course.show_attend_tell`; this
 model offers the same ``annotate``/``step`` interface. Without attention, z_t is one
 learned linear summary of all the columns in order, the same at every step.
@@ -165,7 +166,7 @@ def make_block(kind: str, channels: int, T: int, tied: bool = True) -> nn.Module
 
 
 def block_parameters(kind: str, channels: int, T: int, tied: bool = True, kernel: int = 3) -> int:
-    """The parameter count of a block, by formula: k^2 C^2 per convolution, C per bias, 2C per batch norm."""
+    """The parameter count of a block, by formula (4.3): k^2 C^2 per convolution, C per bias, 2C per batch norm."""
     conv = kernel * kernel * channels * channels
     norms = 2 * channels * (T + 1)
     if kind == "recursive":
@@ -218,7 +219,7 @@ class Encoder(nn.Module):
 
 
 def receptive_field(T: int) -> int:
-    """Width in input pixels that one column a_i sees (4.9), by r <- r + (k - 1) j, j <- j s, layer by layer.
+    """Width in input pixels that one column a_i sees (4.5), by (4.4): r <- r + (k - 1) j, j <- j s, layer by layer.
 
     Stem 3 x 3 with stride 2; T + 1 3 x 3 convolutions (jump 2); 2 x 2 pooling; a 3 x 3
     convolution and T + 1 more (jump 4); the last pooling and the column convolution span
@@ -237,7 +238,7 @@ def receptive_field(T: int) -> int:
 
 
 class R2AM(nn.Module):
-    """The encoder and the attention decoder (4.3)-(4.7), with the interface of
+    """The encoder and the attention decoder (4.6), with the interface of
     :class:`~attn_course.show_attend_tell.ShowAttendTell` (``annotate``, ``step``) so that its greedy and
     beam-search decoders work here unchanged."""
 
@@ -266,7 +267,7 @@ class R2AM(nn.Module):
 
     def step(self, y_prev: torch.Tensor, state: Mapping[str, torch.Tensor], context: str = "expected",
              **_: Any) -> dict[str, torch.Tensor]:
-        """One character: alpha_t (4.3)-(4.4), z_t (4.5), the LSTM (4.6) and the logits of (4.7).
+        """One character of (4.6): alpha_t, z_t, the LSTM and the logits of the deep output layer.
 
         ``context`` "expected" (soft attention) or "mean" (no attention: the fixed summary).
         """
@@ -306,7 +307,7 @@ class R2AM(nn.Module):
 
 
 def r2am_loss(model: R2AM, batch: Mapping[str, Any]):
-    """(4.8), averaged over characters (EOS included); metrics: per-character and whole-line accuracy."""
+    """(4.7), averaged over characters (EOS included); metrics: per-character and whole-line accuracy."""
     tokens = batch["tokens"]
     out = model(batch["images"], tokens)
     targets = tokens[:, 1:1 + out["logits"].shape[1]]
@@ -400,7 +401,7 @@ def evaluate_reading(model: R2AM, data, splits=("test_words", "test_random"), be
 
 TASKS = BLOCKS + tuple(f"{b}-noattn" for b in BLOCKS)
 TRAINING = {  # steps in the quick and full profiles; batch size; Adam's learning rate
-    "quick": 300, "full": 10000, "batch": 64, "lr": 2e-3,
+    "quick": 400, "full": 10000, "batch": 64, "lr": 2e-3,
 }
 DATA_SEED = 0
 

@@ -868,7 +868,7 @@ def text_line_explorer(models: dict, text: str = "attention") -> FigureWidget:
 
 
 def receptive_field_figure(T: int = 2, column: int = 12, text: str = "recursion") -> plt.Figure:
-    """The input pixels that column ``column`` of an R2AM encoder with T recursion steps can see (4.9),
+    """The input pixels that column ``column`` of an R2AM encoder with T recursion steps can see (4.5),
     over a rendered line: the formula's span and, shaded, the gradient of the column with respect to the input."""
     from .r2am import R2AM, R2AMConfig, column_centres, receptive_field
 

@@ -6,7 +6,7 @@
 
 Every row trains the course's model (the registered ``r2am`` configuration of that
 variant) with Adam on the same few batches of text lines, drawn beforehand; a step is
-the forward pass with teacher forcing, the loss (4.8), the backward pass and the update.
+the forward pass with teacher forcing, the loss (4.7), the backward pass and the update.
 Each figure is the median of several timed steps after a warm-up. The generator rows time
 drawing and rendering a training batch, and rendering many lines in large batches.
 """

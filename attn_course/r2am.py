@@ -392,8 +392,10 @@ def evaluate_reading(model: R2AM, data, splits=("test_words", "test_random"), be
         name = split.split("_", 1)[1]
         out[f"word_accuracy_{name}"] = sum(p == t for p, t in zip(predictions, targets)) / len(targets)
         out[f"cer_{name}"] = character_error_rate(predictions, targets)
-        if hits:
+        if hits and sum(len(h) for h in hits):
             out[f"alignment_{name}"] = float(torch.cat(hits).float().mean())
+        elif model.config.attention == "soft":
+            out[f"alignment_{name}"] = 0.0  # no character read correctly: nothing aligned
     return out
 
 
@@ -421,8 +423,12 @@ def _build(config: Mapping[str, Any]) -> R2AM:
 
 def train_r2am(task: str = "recursive", profile: str | None = None, device=None, seed: int = 0,
                checkpoint_path=None, progress: bool = True, steps: int | None = None,
-               batch_size: int | None = None, data=None, lr: float | None = None) -> tuple[R2AM, TrainResult, str]:
+               batch_size: int | None = None, data=None, lr: float | None = None,
+               config: R2AMConfig | None = None) -> tuple[R2AM, TrainResult, str]:
     """Train R2AM (``task`` = block, with "-noattn" for no attention) on freshly rendered text lines.
+
+    ``config`` replaces the registered configuration of ``task`` (e.g. ``R2AMConfig(T=3)``, or
+    ``tied=False``), for experiments; the CLI always trains the registered one.
 
     Adam, learning rate on a cosine to 1/20 of its start, gradients clipped at norm 5; every
     batch is new, so the model never sees a line twice. At the end, validation word
@@ -434,7 +440,8 @@ def train_r2am(task: str = "recursive", profile: str | None = None, device=None,
     device = torch.device(device) if device is not None else get_device()
     profile = get_profile(profile)
     torch.manual_seed(seed)
-    model = _build(_model_config(task)).to(device)
+    model_config = {"kind": "r2am", **asdict(config)} if config is not None else _model_config(task)
+    model = _build(model_config).to(device)
     data = data or TextLines(device=device)
     total = steps or pick(TRAINING["quick"], TRAINING["full"], profile)
     lr = lr or TRAINING["lr"]
@@ -448,7 +455,7 @@ def train_r2am(task: str = "recursive", profile: str | None = None, device=None,
 
     result = fit(model, data.sample, r2am_loss, config, optimizer=optimizer, scheduler=scheduler, device=device,
                  evaluate=validate, checkpoint_path=checkpoint_path, progress=progress, desc=f"R2AM ({task})",
-                 extra_state={"model_config": _model_config(task)})
+                 extra_state={"model_config": model_config})
     return model, result, data.describe()
 
 

@@ -793,7 +793,7 @@ def render_line(text: str, font: str = "DejaVu Sans", noise: float = 0.0, rotati
     style = replace(Style.clean(), noise=(noise, noise), blur=(blur, blur))
     fonts = torch.tensor([list(FONTS).index(font)])
     out = render([text.lower()], fonts, torch.Generator().manual_seed(seed), style, angles=torch.tensor([rotation]))
-    out["shown"] = [text]
+    out["shown"] = [text.lower()]
     return out
 
 
@@ -803,22 +803,25 @@ def reading_figure(image, result: dict, centres=None, text: str | None = None) -
     from .r2am import column_centres
 
     image = torch.as_tensor(image).reshape(32, 100).cpu()
-    steps = len(result["text"]) + 1  # the characters and EOS
+    labels = result.get("labels") or list(result["text"]) + ["EOS"]
+    steps = min(len(labels), len(result["alpha"]))  # the emitted characters and EOS
+    labels = labels[:steps]
     alpha = result["alpha"][:steps].cpu()
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(7.5, 2.4 + 0.22 * steps),
                                       gridspec_kw={"height_ratios": [1.0, 0.3 + 0.12 * steps]})
     top.imshow(image, cmap="gray", vmin=0, vmax=1, extent=(0, 100, 32, 0), aspect="auto")
     x = column_centres(alpha.shape[-1])
     looked = (alpha * x).sum(-1)
-    for t, position in enumerate(looked[:-1].tolist()):
-        top.axvline(position, color="#ff7f0e", lw=1, alpha=0.8)
-        top.text(position, -1.5, result["text"][t], color="#ff7f0e", ha="center", fontsize=9)
+    for label, position in zip(labels, looked.tolist()):
+        if label != "EOS":
+            top.axvline(position, color="#ff7f0e", lw=1, alpha=0.8)
+            top.text(position, -1.5, label, color="#ff7f0e", ha="center", fontsize=9)
     title = f"read: {result['text']!r}" + (f"   (truth: {text!r})" if text is not None else "")
     top.set_title(title, fontsize=10, pad=14)
     top.set_xlim(0, 100)
     top.axis("off")
     bottom.imshow(alpha, cmap="viridis", aspect="auto", extent=(0, 100, steps - 0.5, -0.5), vmin=0)
-    bottom.set_yticks(range(steps), labels=list(result["text"]) + ["EOS"], fontsize=8)
+    bottom.set_yticks(range(steps), labels=labels, fontsize=8)
     bottom.set_xlabel("pixels from the left (columns of 4 pixels)", fontsize=8)
     if centres is not None:
         truth = torch.as_tensor(centres).cpu()
@@ -830,12 +833,19 @@ def reading_figure(image, result: dict, centres=None, text: str | None = None) -
 
 
 def read_line(model, image) -> dict:
-    """The model's reading of one line (1, 32, 100): ``text``, ``alpha`` (steps, L)."""
+    """The model's reading of one line (1, 32, 100): ``text``, ``alpha`` (steps, L) and ``labels``, one per step
+    up to and including EOS (a special token other than EOS shows as "?")."""
+    from .data.text_lines import ALPHABET, EOS
     from .r2am import read
 
     device = next(model.parameters()).device
     out = read(model, torch.as_tensor(image).reshape(1, 1, 32, 100).to(device))
-    return {"text": out["texts"][0], "alpha": out["alpha"][0].cpu()}
+    labels = []
+    for token in out["tokens"][0].tolist():
+        labels.append("EOS" if token == EOS else ALPHABET[token - 3] if token >= 3 else "?")
+        if token == EOS:
+            break
+    return {"text": out["texts"][0], "alpha": out["alpha"][0, :len(labels)].cpu(), "labels": labels}
 
 
 def text_line_explorer(models: dict, text: str = "attention") -> FigureWidget:
@@ -886,8 +896,8 @@ def receptive_field_figure(T: int = 2, column: int = 12, text: str = "recursion"
                                       gridspec_kw={"height_ratios": [1.0, 0.7]})
     top.imshow(line[0, 0], cmap="gray", vmin=0, vmax=1, extent=(0, 100, 32, 0), aspect="auto")
     top.axvspan(centre - r / 2, centre + r / 2, color="#ff7f0e", alpha=0.3)
-    top.set_title(f"T = {T}: column {column} sees {r} pixels (25 + 12 T), {2 * (T + 1)} convolutions in the blocks",
-                  fontsize=10)
+    top.set_title(f"T = {T}: column {column} sees {r} pixels (25 + 12 T; fewer at the edges, where padding stands "
+                  f"in), {2 * (T + 1)} convolutions in the blocks", fontsize=9)
     top.axis("off")
     bottom.fill_between(range(100), influence.numpy(), color="#1f77b4", step="mid")
     bottom.axvline(centre - r / 2, color="#ff7f0e")

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from run import timed  # noqa: E402
+from run import print_rows, timed, train_step_seconds  # noqa: E402
 
 from attn_course.data.text_lines import TextLines  # noqa: E402
 from attn_course.r2am import TASKS, _build, _model_config, r2am_loss  # noqa: E402
@@ -45,16 +45,7 @@ def main(argv=None):
     for task in args.variants:
         torch.manual_seed(0)
         model = _build(_model_config(task)).to(device)
-        optimizer = torch.optim.Adam(model.parameters(), 1e-3)
-        counter = iter(range(10**9))
-
-        def step():
-            loss, _ = r2am_loss(model, batches[next(counter) % len(batches)])
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-
-        seconds = timed(step, args.repeat, 2, device)
+        seconds = train_step_seconds(model, r2am_loss, batches, args.repeat, 2, device)
         params = sum(p.numel() for p in model.parameters())
         rows.append((f"train step, {task} ({params:,} parameters)", seconds, f"{1 / seconds:8.1f} steps/s"))
     generator = torch.Generator().manual_seed(0)
@@ -65,9 +56,7 @@ def main(argv=None):
     rows.append((f"draw and render {args.lines:,} lines ({chunk} a batch)", seconds,
                  f"{args.lines / seconds:8,.0f} lines/s"))
 
-    width = max(len(r[0]) for r in rows)
-    for name, seconds, rate in rows:
-        print(f"{name:<{width}}  {seconds * 1e3:9.1f} ms  {rate}")
+    print_rows(rows, decimals=1)
 
 
 if __name__ == "__main__":

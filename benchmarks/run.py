@@ -31,6 +31,27 @@ def timed(fn, repeat=5, warmup=1, device=None):
     return statistics.median(times)
 
 
+def train_step_seconds(model, loss_fn, batches, repeat=8, warmup=2, device=None):
+    """Median seconds of one Adam step of ``loss_fn(model, batch)`` over ``batches`` taken in turn."""
+    optimizer = torch.optim.Adam(model.parameters(), 1e-3)
+    counter = iter(range(10**9))
+
+    def step():
+        loss, _ = loss_fn(model, batches[next(counter) % len(batches)])
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+
+    return timed(step, repeat, warmup, device)
+
+
+def print_rows(rows, decimals=2):
+    """Print (name, seconds, rate) rows as an aligned table in milliseconds."""
+    width = max(len(r[0]) for r in rows)
+    for name, seconds, rate in rows:
+        print(f"{name:<{width}}  {seconds * 1e3:9.{decimals}f} ms  {rate}")
+
+
 def main():
     import matplotlib
 
@@ -82,9 +103,7 @@ def main():
         print(f"skipping chapter 0 rows: {error}")
 
     rows += ram_rows(images, labels, device)
-    width = max(len(r[0]) for r in rows)
-    for name, seconds, rate in rows:
-        print(f"{name:<{width}}  {seconds * 1e3:9.2f} ms  {rate}")
+    print_rows(rows)
 
 
 def ram_rows(images, labels, device):

@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from run import timed  # noqa: E402
+from run import print_rows, timed, train_step_seconds  # noqa: E402
 
 from attn_course.data.scenes import ShapeScenes, captions, render, sample_layouts  # noqa: E402
 from attn_course.runtime import banner, get_device  # noqa: E402
@@ -48,16 +48,7 @@ def main(argv=None):
     for attention in ATTENTION:
         torch.manual_seed(0)
         model = _build(_model_config(attention)).to(device)
-        optimizer = torch.optim.Adam(model.parameters(), 1e-3)
-        counter = iter(range(10**9))
-
-        def step():
-            loss, _ = sat_loss(model, batches[next(counter) % len(batches)])
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-
-        seconds = timed(step, args.repeat, 3, device)
+        seconds = train_step_seconds(model, sat_loss, batches, args.repeat, 3, device)
         rows.append((f"train step, {attention} attention", seconds, f"{1 / seconds:8.1f} steps/s"))
     sample = lambda: data.sample(torch.Generator().manual_seed(0), args.batch)  # noqa: E731
     seconds = timed(sample, args.repeat, 1, device)
@@ -81,9 +72,7 @@ def main(argv=None):
                  f"{args.scenes / render_seconds:8,.0f} scenes/s"))
     assert text["captions"].shape[0] == args.scenes and images.shape[1:] == (3, 64, 64)
 
-    width = max(len(r[0]) for r in rows)
-    for name, seconds, rate in rows:
-        print(f"{name:<{width}}  {seconds * 1e3:9.1f} ms  {rate}")
+    print_rows(rows, decimals=1)
 
 
 if __name__ == "__main__":

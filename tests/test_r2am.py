@@ -140,3 +140,10 @@ def test_registry_tasks_and_configs():
     assert set(spec.tasks) == set(TASKS)
     assert spec.model_config("plain-noattn")["attention"] == "none"
     assert spec.model_config("recurrent")["block"] == "recurrent"
+
+
+def test_train_takes_a_config_for_experiments(lines):
+    model, result, _ = train_r2am("recursive", steps=2, device="cpu", data=lines, progress=False, batch_size=4,
+                                  config=R2AMConfig(block="recurrent", tied=False, T=1, **SMALL))
+    assert model.config.block == "recurrent" and not model.config.tied and result.step == 2
+    assert len(model.encoder.block1.w_r) == 1 and isinstance(model.encoder.block1, RecurrentBlock)

@@ -300,8 +300,8 @@ def render(texts: Sequence[str], fonts: torch.Tensor, generator: torch.Generator
 
     # 3. the canvas: pen positions from the advances plus letter spacing
     u = lambda bounds: _uniform(generator, B, bounds, device)  # noqa: E731
-    advance = atlas["advance"][fonts[:, None], index] + u(style.spacing)[:, None] * GLYPH_PIXELS
-    advance = advance * present
+    glyph_advance = atlas["advance"][fonts[:, None], index] * present
+    advance = (glyph_advance + u(style.spacing)[:, None] * GLYPH_PIXELS) * present
     pen = 4 + torch.cumsum(advance, 1) - advance  # left edge of each character
     text_width = advance.sum(1)
     canvas_width = int(text_width.max().ceil()) + ATLAS_WIDTH + 8
@@ -334,7 +334,7 @@ def render(texts: Sequence[str], fonts: torch.Tensor, generator: torch.Generator
                      HEIGHT / 2 + u((-1, 1)) * (free_y + style.crop * HEIGHT) * shift], 1)
     C = torch.stack([centre_x, centre_y], 1)
     A_inv = torch.linalg.inv(A)
-    # sample at twice the resolution: output pixel centres (i + 0.5) / 2 - 0.5 ... in output pixels
+    # sample at twice the resolution: sub-pixel centres (i + 0.5) / 2, in output pixels
     sub_y = (torch.arange(2 * HEIGHT, device=device) + 0.5) / 2
     sub_x = (torch.arange(2 * WIDTH, device=device) + 0.5) / 2
     gy, gx = torch.meshgrid(sub_y, sub_x, indexing="ij")
@@ -347,7 +347,7 @@ def render(texts: Sequence[str], fonts: torch.Tensor, generator: torch.Generator
     coverage = F.avg_pool2d(coverage, 2)  # (B, 1, 32, 100)
 
     # the ground truth: each character's centre through the same map
-    char_centres = torch.stack([pen + advance / 2, centre_y[:, None].expand(-1, L)], -1) - C[:, None, :]
+    char_centres = torch.stack([pen + glyph_advance / 2, centre_y[:, None].expand(-1, L)], -1) - C[:, None, :]
     centres = (char_centres @ A.transpose(1, 2) + O[:, None, :])[..., 0]
     centres = centres.masked_fill(~present, float("nan"))
 

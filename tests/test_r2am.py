@@ -147,3 +147,14 @@ def test_train_takes_a_config_for_experiments(lines):
                                   config=R2AMConfig(block="recurrent", tied=False, T=1, **SMALL))
     assert model.config.block == "recurrent" and not model.config.tied and result.step == 2
     assert len(model.encoder.block1.w_r) == 1 and isinstance(model.encoder.block1, RecurrentBlock)
+
+
+def test_shipped_readers_meet_the_target():
+    from attn_course.checkpoints import PRETRAINED_DIR, available_pretrained, read_card
+
+    shipped = [name for name in available_pretrained() if name.startswith("r2am-")]
+    if not shipped:
+        pytest.skip("no R2AM checkpoint is shipped yet")
+    cards = {name: read_card(PRETRAINED_DIR / f"{name}.pt") for name in shipped}
+    assert {"r2am-recursive", "r2am-recurrent"} <= set(cards), "ship both readers with attention"
+    assert max(card["metrics"]["word_accuracy_words"] for card in cards.values()) >= 0.95

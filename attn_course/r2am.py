@@ -39,8 +39,6 @@ learned linear summary of all the columns in order, the same at every step.
 
 from __future__ import annotations
 
-import math
-import time
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -49,7 +47,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .data.text_lines import ALPHABET, BOS, EOS, HEIGHT, MAX_LENGTH, PAD, VOCAB_SIZE, WIDTH, decode
+from .data.text_lines import BOS, EOS, HEIGHT, MAX_LENGTH, PAD, VOCAB_SIZE, WIDTH, decode
 from .registry import ModelSpec, config_from_dict, register
 from .runtime import get_profile, pick
 from .show_attend_tell import SoftAttention, beam_search, greedy_decode, soft_context

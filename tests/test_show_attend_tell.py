@@ -13,7 +13,7 @@ from attn_course.show_attend_tell import (SATConfig, ShowAttendTell, attention_c
                                           doubly_stochastic_gradient, doubly_stochastic_penalty, evaluate_captions,
                                           greedy_decode, hard_context, hard_loss, soft_context, soft_loss, train_sat)
 
-SMALL = dict(vocab_size=len(VOCAB), image_size=32, channels=8, D=16, m=16, n=24, att_hidden=16)
+SMALL = dict(vocab_size=len(VOCAB), image_size=32, cell=8, channels=8, D=16, m=16, n=24, att_hidden=16)
 
 
 @pytest.fixture(scope="module")

@@ -235,7 +235,7 @@ def test_caption_widgets_follow_the_model_and_the_controls():
     assert len(result) == 2
     for one in result:
         n = len(one["words"])
-        assert one["alpha"].shape == (n, 64) and one["beta"].shape == (n,) and one["s"].shape == (n,)
+        assert one["alpha"].shape == (n, models["soft"].config.L) and one["beta"].shape == (n,) and one["s"].shape == (n,)
         assert torch.allclose(one["alpha"].sum(-1), torch.ones(n), atol=1e-5)
     fig = caption_attention_figure(images[0], result[0], "soft")
     assert sum(ax.get_title() != "" for ax in fig.axes) == len(result[0]["words"]) + 1  # the image, then each word

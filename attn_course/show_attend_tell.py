@@ -81,6 +81,7 @@ class SATConfig:
     att_hidden: int = 64  # hidden units of the MLP f_att
     attention: str = "soft"  # "soft", "hard" or "none" (the mean annotation vector, a baseline)
     gate: bool = True  # beta_t of (3.14)
+    init_from_image: bool = True  # h_0, c_0 from f_init of the mean annotation (3.4); False: learned constants
     lambda_: float = 0.0  # weight of the doubly stochastic penalty (3.15), soft attention (see TUNING)
     lambda_r: float = 0.1  # weight of the REINFORCE term (3.12), hard attention (see TUNING)
     lambda_e: float = 0.001  # weight of the entropy term (3.12), hard attention
@@ -209,8 +210,12 @@ class ShowAttendTell(nn.Module):
         super().__init__()
         self.config = c = config
         self.encoder = Encoder(c)
-        self.f_init_h = nn.Sequential(nn.Linear(c.D, c.n), nn.Tanh(), nn.Linear(c.n, c.n))
-        self.f_init_c = nn.Sequential(nn.Linear(c.D, c.n), nn.Tanh(), nn.Linear(c.n, c.n))
+        if c.init_from_image:
+            self.f_init_h = nn.Sequential(nn.Linear(c.D, c.n), nn.Tanh(), nn.Linear(c.n, c.n))
+            self.f_init_c = nn.Sequential(nn.Linear(c.D, c.n), nn.Tanh(), nn.Linear(c.n, c.n))
+        else:  # the same start for every image: what the decoder learns of the image, it learns by looking
+            self.h_0 = nn.Parameter(torch.zeros(c.n))
+            self.c_0 = nn.Parameter(torch.zeros(c.n))
         self.f_att = SoftAttention(c.D, c.n, c.att_hidden)
         self.f_beta = nn.Linear(c.n, 1)
         self.E = nn.Embedding(c.vocab_size, c.m)
@@ -227,8 +232,11 @@ class ShowAttendTell(nn.Module):
         """a (B, L, D), W_a a (B, L, hidden), and h_0, c_0 (B, n) from the mean annotation vector (3.4)."""
         a = self.encoder(images)
         a_mean = a.mean(1)
-        return {"a": a, "Wa_a": self.f_att.project(a), "a_mean": a_mean,
-                "h": self.f_init_h(a_mean), "c": self.f_init_c(a_mean)}
+        if self.config.init_from_image:
+            h, c = self.f_init_h(a_mean), self.f_init_c(a_mean)
+        else:
+            h, c = self.h_0.expand(len(a), -1), self.c_0.expand(len(a), -1)
+        return {"a": a, "Wa_a": self.f_att.project(a), "a_mean": a_mean, "h": h, "c": c}
 
     def step(self, y_prev: torch.Tensor, state: Mapping[str, torch.Tensor], context: str = "expected",
              s: torch.Tensor | None = None, use_expectation: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
@@ -700,6 +708,42 @@ SAT_SPEC = register(ModelSpec(
 
 
 # --------------------------------------------------------------------------- H. looking inside a trained model
+
+
+def noun_phrase_index(tokens: torch.Tensor, article: int) -> torch.Tensor:
+    """(B, T) -> (B, T): which noun phrase of the caption each token is in, 1, 2, ...; a phrase starts at each "a"."""
+    return (tokens == article).cumsum(-1)
+
+
+@torch.no_grad()
+def attention_hit_by_phrase(model: ShowAttendTell, data, split: str = "test",
+                            batch_size: int = 250) -> dict[tuple[int, int], tuple[float, int]]:
+    """Where the strongest-location misses are: the hit rate of :func:`attention_correctness`, by place in the scene.
+
+    Returns {(objects in the scene, noun phrase 1, 2 or 3 of the greedy caption): (hit rate,
+    content words checked)}.
+    """
+    from .data.scenes import caption_referents
+
+    hits, keys = [], []
+    for batch in data.batches(split, batch_size):
+        out = caption(model, batch["images"], 1, batch["references"].shape[-1] - 1)
+        referents = caption_referents(out["tokens"], batch["layout"])
+        hits.append(attention_correctness(out["alpha"], referents, batch["masks"])["hit"])
+        phrase = noun_phrase_index(out["tokens"], data.vocabulary.stoi["a"])
+        objects = batch["layout"].count.to(phrase.device)[:, None].expand_as(phrase)
+        words = referents >= 0
+        keys.append(torch.stack([objects[words], phrase[words]], 1))
+    return _mean_by_key(torch.cat(hits), torch.cat(keys))
+
+
+def _mean_by_key(values: torch.Tensor, keys: torch.Tensor) -> dict[tuple[int, ...], tuple[float, int]]:
+    """{key: (mean of the values with that key, how many)} for values (N,) and integer keys (N, k)."""
+    unique, inverse = keys.unique(dim=0, return_inverse=True)
+    counts = torch.bincount(inverse, minlength=len(unique))
+    sums = torch.zeros(len(unique), dtype=torch.float64, device=values.device).index_add_(0, inverse, values.double())
+    return {tuple(key): (float(total / count), int(count))
+            for key, total, count in zip(unique.tolist(), sums, counts)}
 
 
 def attention_maps(alpha: torch.Tensor, image_size: int | None = None) -> torch.Tensor:

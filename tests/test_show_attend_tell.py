@@ -8,10 +8,11 @@ import torch
 from attn_course.data.captions import BOS, EOS, PAD
 from attn_course.data.scenes import VOCAB, ShapeScenes
 from attn_course.registry import get_spec
-from attn_course.show_attend_tell import (SATConfig, ShowAttendTell, attention_correctness, attention_maps,
-                                          beam_search, caption_log_likelihood, corpus_bleu,
-                                          doubly_stochastic_gradient, doubly_stochastic_penalty, evaluate_captions,
-                                          greedy_decode, hard_context, hard_loss, soft_context, soft_loss, train_sat)
+from attn_course.show_attend_tell import (SATConfig, ShowAttendTell, _mean_by_key, attention_correctness,
+                                          attention_hit_by_phrase, attention_maps, beam_search,
+                                          caption_log_likelihood, corpus_bleu, doubly_stochastic_gradient,
+                                          doubly_stochastic_penalty, evaluate_captions, greedy_decode, hard_context,
+                                          hard_loss, noun_phrase_index, soft_context, soft_loss, train_sat)
 
 SMALL = dict(vocab_size=len(VOCAB), image_size=32, cell=8, channels=8, D=16, m=16, n=24, att_hidden=16)
 
@@ -197,6 +198,11 @@ def test_a_short_training_run_learns_and_evaluates(scenes):
     scores = evaluate_captions(model, data, "test")
     assert scores["count"] == 50 and set(scores) >= {"bleu1", "bleu4", "bleu4_relational", "bleu4_novel"} and "never seen in training" in description
     assert 0.0 <= scores["attention_mass"] <= 1.0 and scores["words_checked"] > 0
+    by_phrase = attention_hit_by_phrase(model, data, "test")  # the same words, grouped
+    assert sum(count for _, count in by_phrase.values()) == scores["words_checked"]
+    overall = sum(rate * count for rate, count in by_phrase.values()) / scores["words_checked"]
+    assert overall == pytest.approx(scores["attention_hit"], abs=1e-6)
+    assert all(1 <= objects <= 3 and phrase >= 1 for objects, phrase in by_phrase)
 
 
 def test_registered_for_the_command_line():
@@ -217,3 +223,31 @@ def test_finer_grid_has_four_pixel_cells():
     assert model.config.grid == 8 and a.shape == (2, 64, SMALL["D"])
     with pytest.raises(ValueError, match="cell"):
         SATConfig(cell=2)
+
+
+def test_the_course_model_has_a_16_by_16_grid():
+    config = SATConfig()
+    assert (config.cell, config.grid, config.L) == (4, 16, 256)
+    assert get_spec("sat").model_config("none")["cell"] == 4  # the baseline shares the encoder
+
+
+def test_shipped_captioners_meet_the_targets():
+    from attn_course.checkpoints import PRETRAINED_DIR, available_pretrained, read_card
+
+    shipped = {name.removeprefix("sat-") for name in available_pretrained() if name.startswith("sat-")}
+    if not shipped:
+        pytest.skip("no Show, Attend and Tell checkpoint is shipped yet")
+    assert {"soft", "hard", "none"} <= shipped, "ship soft and hard with the no-attention baseline they beat"
+    metrics = {v: read_card(PRETRAINED_DIR / f"sat-{v}.pt")["metrics"] for v in ("soft", "hard", "none")}
+    assert metrics["soft"]["attention_hit"] >= 0.80  # strongest location on the named object
+    for variant in ("soft", "hard"):  # "far above" the baseline on relational captions: 10 BLEU-4 points or more
+        assert metrics[variant]["bleu4_relational"] >= metrics["none"]["bleu4_relational"] + 10
+
+
+def test_noun_phrases_start_at_each_article_and_misses_are_counted_by_phrase():
+    tokens = torch.tensor(VOCAB.encode("a small red circle above a large blue square"))[None]
+    assert noun_phrase_index(tokens, VOCAB.stoi["a"]).tolist() == [[1, 1, 1, 1, 1, 2, 2, 2, 2]]
+    hits = torch.tensor([1.0, 0.0, 1.0, 1.0, 0.0, 0.0])
+    keys = torch.tensor([[2, 1], [2, 1], [2, 2], [2, 2], [3, 1], [3, 1]])
+    table = _mean_by_key(hits, keys)
+    assert table == {(2, 1): (0.5, 2), (2, 2): (1.0, 2), (3, 1): (0.0, 2)}

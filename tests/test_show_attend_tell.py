@@ -251,3 +251,15 @@ def test_noun_phrases_start_at_each_article_and_misses_are_counted_by_phrase():
     keys = torch.tensor([[2, 1], [2, 1], [2, 2], [2, 2], [3, 1], [3, 1]])
     table = _mean_by_key(hits, keys)
     assert table == {(2, 1): (0.5, 2), (2, 2): (1.0, 2), (3, 1): (0.0, 2)}
+
+
+def test_without_f_init_every_image_starts_from_the_same_state():
+    model = model_for("soft", init_from_image=False)
+    state = model.annotate(torch.rand(3, 3, 32, 32))
+    assert not hasattr(model, "f_init_h") and state["h"].shape == (3, SMALL["n"])
+    assert torch.equal(state["h"][0], state["h"][2]) and torch.equal(state["c"][1], model.c_0)
+    loss = soft_loss(model, {"images": torch.rand(2, 3, 32, 32),
+                             "captions": torch.tensor([[BOS, 3, 4, EOS], [BOS, 5, EOS, PAD]])})
+    loss = loss[0] if isinstance(loss, tuple) else loss
+    loss.backward()
+    assert model.h_0.grad is not None and model.h_0.grad.abs().sum() > 0  # the start is learned

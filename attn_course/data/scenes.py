@@ -438,6 +438,21 @@ class SceneSplit:
         return len(self.layout)
 
 
+TRAINING_ORDERS = ("any", "left_to_right")
+
+
+def left_to_right_reference(layout: Layout) -> torch.Tensor:
+    """(N,): for every scene, the reference that names its objects from left to right (by the column of
+    their centres; at equal columns, top first). The centres of non-overlapping objects differ, so
+    there is exactly one such reference."""
+    order = ORDERS.to(layout.count.device)[layout.count]  # (N, R, 3): objects X, Y, Z of each reference
+    key = layout.x.double() * 2 ** 20 + layout.y.double()  # (N, MAX_OBJECTS): column first, then row
+    keys = key.gather(1, order.clamp(min=0).flatten(1)).view_as(order)
+    keys = torch.where(order >= 0, keys, torch.full_like(keys, float("inf")))
+    increasing = (keys[..., 1:] > keys[..., :-1]) | torch.isinf(keys[..., 1:])
+    return increasing.all(-1).float().argmax(-1)
+
+
 class ShapeScenes:
     """Training, validation and test scenes, fixed by ``seed``, kept as integers on ``device``.
 
@@ -452,7 +467,7 @@ class ShapeScenes:
 
     def __init__(self, seed: int = 0, train_size: int = 10_000, val_size: int = 1_000, test_size: int = 1_000,
                  novel_fraction: float = 0.25, image_size: int = 64, device: torch.device | str = "cpu",
-                 clutter: int = 0):
+                 clutter: int = 0, training_order: str = "any"):
         if min(train_size, val_size, test_size) < 1:
             raise ValueError(f"every split needs at least one scene, got {train_size}, {val_size}, {test_size}")
         if not 0.0 <= novel_fraction <= 1.0:
@@ -461,6 +476,9 @@ class ShapeScenes:
             raise ValueError(f"image_size must be at least 24 pixels, got {image_size}")
         if clutter < 0:
             raise ValueError(f"clutter must be a number of specks >= 0, got {clutter}")
+        if training_order not in TRAINING_ORDERS:
+            raise ValueError(f"training_order must be one of {TRAINING_ORDERS}, got {training_order!r}")
+        self.training_order = training_order
         self.seed, self.image_size, self.device, self.clutter = seed, image_size, torch.device(device), clutter
         self.novel_fraction = novel_fraction
         generator = torch.Generator().manual_seed(seed)
@@ -482,6 +500,7 @@ class ShapeScenes:
             text = captions(layout)
             self.splits[name] = SceneSplit(layout, text["captions"], text["referents"], text["num_references"],
                                            is_novel(layout), specks)
+        self._left_to_right = left_to_right_reference(self.splits["train"].layout)
 
     def split(self, name: str) -> SceneSplit:
         if name not in self.splits:
@@ -507,15 +526,20 @@ class ShapeScenes:
             yield self.batch(name, slice(start, start + batch_size))
 
     def sample(self, generator: torch.Generator, batch_size: int) -> dict[str, torch.Tensor]:
-        """A training batch: random training scenes and one of each scene's distinct references at random.
+        """A training batch: random training scenes, each with one of its distinct references.
 
+        With ``training_order`` "any", the reference is drawn at random; with "left_to_right",
+        it is the one that names the objects from left to right (:func:`left_to_right_reference`).
         ``images``, ``masks``; ``captions`` (B, T) and their ``referents`` (B, T).
         """
         split = self.splits["train"]
         index = torch.randint(len(split), (batch_size,), generator=generator)
         which = torch.rand(batch_size, generator=generator)
         index = index.to(self.device)
-        pick = (which.to(self.device) * split.num_references[index]).long()
+        if self.training_order == "left_to_right":
+            pick = self._left_to_right[index]
+        else:
+            pick = (which.to(self.device) * split.num_references[index]).long()
         images, masks = render(split.layout.select(index), self.image_size, self.device, split.specks[index])
         return {"images": images, "masks": masks, "captions": split.captions[index, pick],
                 "referents": split.referents[index, pick]}
@@ -527,7 +551,8 @@ class ShapeScenes:
                 f"each; splits by a fixed hash of the scene: train {len(self.splits['train']):,}, val "
                 f"{len(self.splits['val']):,}, test {len(self.splits['test']):,} (of which "
                 f"{int(self.splits['test'].novel.sum()):,} contain a composition never seen in training: {held}, "
-                "or the inverse)")
+                "or the inverse)" + ("; trained on the reference that names the objects from left to right"
+                                     if self.training_order == "left_to_right" else ""))
 
     def __repr__(self) -> str:
         sizes = ", ".join(f"{k}={len(v)}" for k, v in self.splits.items())

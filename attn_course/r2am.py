@@ -405,6 +405,8 @@ TRAINING = {  # steps in the quick and full profiles; batch size; Adam's learnin
     # greedy: recursive 89.4% (CER 2.2%) / 75.0%; recurrent 91.8% (CER 1.5%) / 79.1%; beam 3 on the
     # recurrent one 92.5%. Characters aligned: 99%. Below the 95% target, hence 20,000 steps (about
     # 97 min each): recursive 94.4% (CER 1.1%) / 81.3%; recurrent 95.5% (CER 1.0%) / 86.7% (shipped).
+    # The rest of the ablation at 10,000 steps (--steps 10000), words / random strings: plain 93.2% / 83.5%;
+    # without attention, plain 88.0% / 55.3%, recurrent 85.8% / 52.5%, recursive 74.2% / 32.6%.
     "quick": 400, "full": 20000, "batch": 64, "lr": 2e-3,
 }
 DATA_SEED = 0

@@ -246,7 +246,7 @@ class R2AM(nn.Module):
         self.encoder = Encoder(c)
         self.f_init_h = nn.Linear(c.D, c.n)
         self.f_init_c = nn.Linear(c.D, c.n)
-        self.f_att = SoftAttention(c.D, c.n, c.att_hidden)
+        self.f_att = SoftAttention(c.D, c.n, c.att_hidden) if c.attention == "soft" else None
         self.summary = nn.Linear(c.columns * c.D, c.D) if c.attention == "none" else None
         self.E = nn.Embedding(c.vocab_size, c.m)
         self.lstm = nn.LSTMCell(c.m + c.D, c.n)
@@ -258,8 +258,9 @@ class R2AM(nn.Module):
         """a (B, L, D), W_a a, the initial h_0, c_0 (from the mean column) and, without attention, the summary."""
         a = self.encoder(images)
         a_mean = a.mean(1)
-        state = {"a": a, "Wa_a": self.f_att.project(a), "h": torch.tanh(self.f_init_h(a_mean)),
-                 "c": self.f_init_c(a_mean)}
+        state = {"a": a, "h": torch.tanh(self.f_init_h(a_mean)), "c": self.f_init_c(a_mean)}
+        if self.f_att is not None:
+            state["Wa_a"] = self.f_att.project(a)
         state["a_mean"] = self.summary(a.flatten(1)) if self.summary is not None else a_mean
         return state
 
@@ -274,6 +275,8 @@ class R2AM(nn.Module):
             alpha = torch.full(a.shape[:2], 1.0 / a.shape[1], device=a.device, dtype=a.dtype)
             z = state["a_mean"]
         elif context == "expected":
+            if self.f_att is None:
+                raise ValueError("this R2AM was built without attention (attention='none'); use context='mean'")
             alpha = self.f_att(state["Wa_a"], h_prev)
             z = soft_context(a, alpha)
         else:

@@ -158,3 +158,18 @@ def test_shipped_readers_meet_the_target():
     cards = {name: read_card(PRETRAINED_DIR / f"{name}.pt") for name in shipped}
     assert {"r2am-recursive", "r2am-recurrent"} <= set(cards), "ship both readers with attention"
     assert max(card["metrics"]["word_accuracy_words"] for card in cards.values()) >= 0.95
+
+
+def test_the_reader_without_attention_has_no_attention_network_and_still_decodes():
+    with_attention = R2AM(R2AMConfig(**SMALL))
+    without = R2AM(R2AMConfig(attention="none", **SMALL))
+    assert without.f_att is None and "Wa_a" not in without.annotate(torch.rand(2, 1, HEIGHT, WIDTH))
+    size = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    assert size(without) - size(with_attention) == sum(p.numel() for p in without.summary.parameters()) - sum(
+        p.numel() for p in with_attention.f_att.parameters())
+    images = torch.rand(3, 1, HEIGHT, WIDTH)
+    for beam in (1, 2):
+        out = read(without, images, beam_size=beam)
+        assert len(out["texts"]) == 3
+    with pytest.raises(ValueError, match="without attention"):
+        without.step(torch.zeros(3, dtype=torch.long), without.annotate(images), "expected")

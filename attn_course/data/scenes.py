@@ -500,7 +500,8 @@ class ShapeScenes:
             text = captions(layout)
             self.splits[name] = SceneSplit(layout, text["captions"], text["referents"], text["num_references"],
                                            is_novel(layout), specks)
-        self._left_to_right = left_to_right_reference(self.splits["train"].layout)
+        self._left_to_right = (left_to_right_reference(self.splits["train"].layout)
+                               if training_order == "left_to_right" else None)
 
     def split(self, name: str) -> SceneSplit:
         if name not in self.splits:

@@ -3,11 +3,15 @@
     python -m attn_course info
     python -m attn_course train MODEL [--task T] [--profile P] [--out PATH] [--seed S] [--steps N] [--batch-size B]
     python -m attn_course evaluate MODEL [--task T] [--checkpoint PATH]
+    python -m attn_course ship MODEL [--task T] --checkpoint PATH [--float16]
 
 ``evaluate`` prints one JSON object as its last line: model, task, metrics, number of
 test examples. ``train`` writes ``PATH`` (weights) and its model card ``PATH.json``,
 and keeps its resumable training state in ``PATH.state`` until it finishes: run the
-same command again after an interruption (Ctrl-C) to resume.
+same command again after an interruption (Ctrl-C) to resume. ``ship`` copies a trained
+``PATH`` into the package's pretrained folder, re-evaluated; with ``--float16`` the weights
+are rounded to half precision first (half the file) and the card records the metrics of
+the rounded weights, the ones a reader loads.
 """
 
 from __future__ import annotations
@@ -121,6 +125,36 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_ship(args: argparse.Namespace, argv: list[str]) -> int:
+    from .checkpoints import PRETRAINED_DIR, pretrained_name, read_card, save_pretrained
+    from .registry import get_spec, load_model_file
+
+    spec = get_spec(args.model)
+    task = spec.check_task(_with_attention_flag(spec, args))
+    source = Path(args.checkpoint)
+    card = read_card(source)
+    if (card.get("model"), card.get("task")) != (spec.name, task):
+        raise ValueError(f"{source.name} holds model {card.get('model')!r} for task {card.get('task')!r}, "
+                         f"expected {spec.name!r} for {task!r}")
+    device = get_device(args.device)
+    model = load_model_file(spec, task, source, device)
+    weights_dtype = "float16" if args.float16 else "float32"
+    if args.float16:  # round every weight to half precision: what the shipped file will hold
+        model.load_state_dict({k: v.half() if v.is_floating_point() else v for k, v in model.state_dict().items()})
+    metrics, count = spec.evaluate(model, task, device)
+    kept = {k: v for k, v in card.items() if k not in ("format", "file", "sha256", "size_bytes", "model_config",
+                                                       "weights_dtype")}
+    shipped_card = {**kept, "metrics": metrics, "test_examples": count, "shipped_with": _command_line(argv)}
+    if args.float16:
+        shipped_card["metrics_float32"] = card["metrics"]
+    target = (Path(args.to) if args.to else PRETRAINED_DIR) / f"{pretrained_name(spec.name, task)}.pt"
+    weights, card_path = save_pretrained(model, spec.model_config(task), shipped_card, target, weights_dtype)
+    print(f"saved {weights} ({weights.stat().st_size / 2**20:.2f} MiB, {weights_dtype}) and {card_path}")
+    print(json.dumps({"model": spec.name, "task": task, "metrics": metrics, "test_examples": count,
+                      "trained_metrics": card["metrics"], "weights_dtype": weights_dtype}))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m attn_course", description="Attention course: models and data.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -143,6 +177,14 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--no-attention", action="store_true", help="the variant without attention (r2am)")
     evaluate.add_argument("--checkpoint", help="a .pt file written by train (default: the shipped one)")
     evaluate.add_argument("--device")
+    ship = sub.add_parser("ship", help="copy a trained model into the pretrained folder, re-evaluated with its card")
+    ship.add_argument("model")
+    ship.add_argument("--task", "--variant", dest="task", help="the task or model variant")
+    ship.add_argument("--no-attention", action="store_true", help="the variant without attention (r2am)")
+    ship.add_argument("--checkpoint", required=True, help="a .pt file written by train, with its card beside it")
+    ship.add_argument("--float16", action="store_true", help="store the weights in half precision (half the size)")
+    ship.add_argument("--to", default=None, help="the folder to write to (default: the package's pretrained folder)")
+    ship.add_argument("--device", default="cpu", help="where to evaluate (default: cpu, as the tests re-evaluate)")
     return parser
 
 
@@ -154,6 +196,8 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_info(args)
         if args.command == "train":
             return cmd_train(args, argv)
+        if args.command == "ship":
+            return cmd_ship(args, argv)
         return cmd_evaluate(args)
     except (ValueError, FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)

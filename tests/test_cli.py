@@ -123,3 +123,37 @@ def test_no_attention_flag_selects_the_noattn_variant(monkeypatch, tmp_path, cap
     monkeypatch.setattr(registry, "get_spec", lambda name: spec)
     assert main(["train", "r2am", "--variant", "recursive-noattn", "--no-attention", "--out", out]) == 2
     assert "no variant without attention" in capsys.readouterr().err
+
+
+@needs_mnist
+def test_ship_rounds_to_float16_and_re_evaluates_the_card(tmp_path, capsys):
+    from attn_course.checkpoints import load_weights, read_card, sha256_of
+    from attn_course.registry import load_model_file
+
+    spec = get_spec("fc")
+    torch.manual_seed(0)
+    model = spec.build(spec.model_config("mnist28"))
+    card = {"model": "fc", "task": "mnist28", "metrics": {"error": 0.5, "accuracy": 0.5}, "steps": 3,
+            "command": "python -m attn_course train fc --task mnist28"}
+    trained, _ = save_pretrained(model, spec.model_config("mnist28"), card, tmp_path / "runs" / "fc.pt")
+    to = tmp_path / "shipped"
+    assert main(["ship", "fc", "--task", "mnist28", "--checkpoint", str(trained), "--float16", "--to", str(to)]) == 0
+    result = last_json_line(capsys.readouterr().out)
+    path = to / "fc-mnist28.pt"
+    shipped = read_card(path)
+    assert shipped["weights_dtype"] == "float16" and shipped["sha256"] == sha256_of(path)
+    assert shipped["metrics"] == result["metrics"] and shipped["metrics_float32"] == card["metrics"]
+    assert shipped["command"] == card["command"] and shipped["steps"] == 3 and shipped["test_examples"] == 10_000
+    assert shipped["shipped_with"].startswith("python -m attn_course ship fc")
+    assert path.stat().st_size < 0.6 * trained.stat().st_size
+    _, state = load_weights(path)
+    assert all(v.dtype == torch.float16 for v in state.values() if v.is_floating_point())
+    reloaded = load_model_file(spec, "mnist28", path, "cpu")
+    for name, value in reloaded.state_dict().items():  # float32 again, equal to the original rounded to half
+        assert value.dtype == torch.float32
+        assert torch.equal(value, model.state_dict()[name].half().float())
+    assert spec.evaluate(reloaded, "mnist28", torch.device("cpu"))[0] == shipped["metrics"]
+    # a file trained for another task is refused with a clear error, and nothing is written
+    assert main(["ship", "fc", "--task", "translated60", "--checkpoint", str(trained), "--to", str(tmp_path / "x")]) == 2
+    assert "expected 'fc' for 'translated60'" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()

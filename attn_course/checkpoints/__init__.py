@@ -89,19 +89,29 @@ def pretrained_name(model: str, task: str) -> str:
     return f"{model}-{task}"
 
 
+WEIGHT_DTYPES = {"float32": torch.float32, "float16": torch.float16}
+
+
 def save_pretrained(
-    model: torch.nn.Module, model_config: Mapping[str, Any], card: Mapping[str, Any], path: str | Path
+    model: torch.nn.Module, model_config: Mapping[str, Any], card: Mapping[str, Any], path: str | Path,
+    weights_dtype: str = "float32",
 ) -> tuple[Path, Path]:
     """Save weights to ``path`` (``.pt``) and the model card beside it (``.json``).
 
-    The weights are stored in float32 on the CPU; the card gains the file's SHA-256.
+    The weights are stored on the CPU in ``weights_dtype`` (float32, or float16 for half the
+    size; loading casts them back to the model's float32); the card gains the file's SHA-256.
     """
     path = Path(path)
     if path.suffix != ".pt":
         raise ValueError(f"a pretrained model file must end in .pt, got {path}")
-    state = {k: v.detach().to("cpu").clone() for k, v in model.state_dict().items()}
+    if weights_dtype not in WEIGHT_DTYPES:
+        raise ValueError(f"weights_dtype must be one of {', '.join(WEIGHT_DTYPES)}, got {weights_dtype!r}")
+    dtype = WEIGHT_DTYPES[weights_dtype]
+    state = {k: v.detach().to("cpu", dtype=dtype if v.is_floating_point() else v.dtype).clone()
+             for k, v in model.state_dict().items()}
     atomic_torch_save({"model_config": dict(model_config), "state_dict": state}, path)
-    full_card = {"format": CARD_FORMAT, **dict(card), "model_config": dict(model_config)}
+    full_card = {"format": CARD_FORMAT, **dict(card), "model_config": dict(model_config),
+                 "weights_dtype": weights_dtype}
     full_card["file"] = path.name
     full_card["sha256"] = sha256_of(path)
     full_card["size_bytes"] = path.stat().st_size

@@ -238,3 +238,20 @@ def test_binarized_mnist_is_dynamic_for_training_and_fixed_for_testing():
     test = torch.cat([batch["images"] for batch in data.test_batches(200)])
     again = torch.cat([batch["images"] for batch in BinarizedMNIST().test_batches(200)])[:500]
     assert test.shape == (500, 1, 28, 28) and torch.equal(test, again)
+
+
+def test_shipped_draw_meets_the_target_beside_its_comparison():
+    from attn_course.checkpoints import PRETRAINED_DIR, available_pretrained, read_card
+
+    shipped = {name for name in available_pretrained() if name.startswith("draw")}
+    if not shipped:
+        pytest.skip("no DRAW checkpoint is shipped yet")
+    assert {"draw-mnist", "draw_noattn-mnist"} <= shipped, "ship DRAW with the DRAW without attention it is compared with"
+    cards = {name: read_card(PRETRAINED_DIR / f"{name}-mnist.pt") for name in ("draw", "draw_noattn")}
+    assert cards["draw"]["metrics"]["nll_bound"] <= 90  # the course's target (the paper's T = 64 model: 80.97)
+    assert not cards["draw_noattn"]["model_config"]["attention"] and cards["draw"]["model_config"]["attention"]
+    # trained the same way: the same configuration but for attention, the same batch size
+    same = lambda key: cards["draw"]["model_config"][key] == cards["draw_noattn"]["model_config"][key]  # noqa: E731
+    assert all(same(key) for key in ("T", "enc_size", "dec_size", "z_size"))
+    batch = [card["command"].split("--batch-size ")[1].split()[0] for card in cards.values()]
+    assert batch[0] == batch[1]

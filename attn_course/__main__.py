@@ -126,7 +126,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_ship(args: argparse.Namespace, argv: list[str]) -> int:
-    from .checkpoints import PRETRAINED_DIR, pretrained_name, read_card, save_pretrained
+    from .checkpoints import FILE_KEYS, PRETRAINED_DIR, WEIGHT_DTYPES, pretrained_name, read_card, save_pretrained
     from .registry import get_spec, load_model_file
 
     spec = get_spec(args.model)
@@ -139,11 +139,10 @@ def cmd_ship(args: argparse.Namespace, argv: list[str]) -> int:
     device = get_device(args.device)
     model = load_model_file(spec, task, source, device)
     weights_dtype = "float16" if args.float16 else "float32"
-    if args.float16:  # round every weight to half precision: what the shipped file will hold
-        model.load_state_dict({k: v.half() if v.is_floating_point() else v for k, v in model.state_dict().items()})
+    dtype = WEIGHT_DTYPES[weights_dtype]  # evaluate the weights the shipped file will hold
+    model.load_state_dict({k: v.to(dtype) if v.is_floating_point() else v for k, v in model.state_dict().items()})
     metrics, count = spec.evaluate(model, task, device)
-    kept = {k: v for k, v in card.items() if k not in ("format", "file", "sha256", "size_bytes", "model_config",
-                                                       "weights_dtype")}
+    kept = {k: v for k, v in card.items() if k not in FILE_KEYS}
     shipped_card = {**kept, "metrics": metrics, "test_examples": count, "shipped_with": _command_line(argv)}
     if args.float16:
         shipped_card["metrics_float32"] = card["metrics"]

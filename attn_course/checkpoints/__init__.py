@@ -90,6 +90,8 @@ def pretrained_name(model: str, task: str) -> str:
 
 
 WEIGHT_DTYPES = {"float32": torch.float32, "float16": torch.float16}
+# The card keys that describe the file rather than the training run; save_pretrained writes them.
+FILE_KEYS = ("format", "model_config", "weights_dtype", "file", "sha256", "size_bytes")
 
 
 def save_pretrained(

@@ -4,7 +4,7 @@ At step t the model sees only a glimpse of the image x around the location l_{t-
 
     rho(x, l_{t-1})                    glimpse sensor: k patches, sizes g, 2g, 4g, ..., each resized to g x g
     g_t = f_g(rho, l_{t-1})            glimpse network
-    h_t = f_h(h_{t-1}, g_t)            core network (rectifier RNN, or LSTM)
+    h_t = f_h(h_{t-1}, g_t)            core network (rectifier RNN as in the paper, or LSTM)
     l_t ~ N(f_l(h_t), sigma^2 I)       location network: a Gaussian policy with fixed sigma
     a_T = f_a(h_T)                     action network: class probabilities after the last glimpse
     b_t = f_b(h_t)                     baseline, trained by regression on the reward
@@ -58,13 +58,19 @@ class RAMConfig:
 
 
 
-# The paper's configurations (Mnih et al. 2014, section 4.1).
+# The paper's configurations (Mnih et al. 2014, section 4.1): image, glimpse size g, scales k and
+# glimpses T. The paper's core is the rectifier RNN; on the larger canvases ours is the LSTM, because
+# with the rectifier core translated60 stopped at 1.86% test error after 80,000 steps, above the
+# course's 1.6% target, and after 12,000 steps of the same recipe the rectifier core was at 5.23%
+# against the LSTM's 2.86% (chapter 1 reports both; cluttered100 is not trained here).
 PAPER_CONFIGS = {
     "mnist28": RAMConfig(image_size=28, glimpse_size=8, num_scales=1, num_glimpses=6),
-    "translated60": RAMConfig(image_size=60, glimpse_size=12, num_scales=3, num_glimpses=8),
-    "cluttered60": RAMConfig(image_size=60, glimpse_size=12, num_scales=3, num_glimpses=8),
-    "cluttered100": RAMConfig(image_size=100, glimpse_size=12, num_scales=4, num_glimpses=8),
+    "translated60": RAMConfig(image_size=60, glimpse_size=12, num_scales=3, num_glimpses=8, core="lstm"),
+    "cluttered60": RAMConfig(image_size=60, glimpse_size=12, num_scales=3, num_glimpses=8, core="lstm"),
+    "cluttered100": RAMConfig(image_size=100, glimpse_size=12, num_scales=4, num_glimpses=8, core="lstm"),
 }
+# The test error each shipped checkpoint must reach (the paper's Table 1: 1.12%, 1.20% and 4.04%).
+TARGET_ERROR = {"mnist28": 0.013, "translated60": 0.016, "cluttered60": 0.05}
 
 
 # --------------------------------------------------------------------------- A. the glimpse sensor
@@ -331,10 +337,11 @@ def test_error(model: RecurrentAttentionModel, task, sample: bool = False, seed:
 TRAINING = {  # steps in the quick and full profiles (batch size 128, Adam from 1e-3 with cosine decay)
     "mnist28": (1500, 60_000),
     "translated60": (1500, 80_000),
-    "cluttered60": (1500, 120_000),
-    "cluttered100": (1500, 120_000),
+    "cluttered60": (1500, 100_000),
+    "cluttered100": (1500, 100_000),
 }
-# A larger learning rate, 3e-3, learns faster over the first 4,000 steps on translated60
+# Measured with the rectifier core on the 60 x 60 tasks, before the LSTM replaced it there:
+# a larger learning rate, 3e-3, learns faster over the first 4,000 steps on translated60
 # (12.5% against 18.7% held-out error) but ends worse: 6.9% at 24k of 60k steps on
 # translated60 (1e-3: 3.4% at 32k of 80k), and 24.2% at 16k of 80k steps on cluttered60.
 # On an H100 a larger batch costs little per step: `train ram --task translated60 --batch-size 512
@@ -355,9 +362,12 @@ def _build(config: Mapping[str, Any]) -> RecurrentAttentionModel:
 
 
 def train_ram(task: str, profile: str | None = None, device=None, seed: int = 0, checkpoint_path=None,
-              progress: bool = True, steps: int | None = None,
-              batch_size: int = 128) -> tuple[RecurrentAttentionModel, TrainResult, str]:
+              progress: bool = True, steps: int | None = None, batch_size: int = 128,
+              config: RAMConfig | None = None) -> tuple[RecurrentAttentionModel, TrainResult, str]:
     """Train RAM from scratch on ``task`` with the hybrid loss and Adam.
+
+    ``config`` changes the model (default: ``PAPER_CONFIGS[task]``), e.g. the number of glimpses
+    or the core network; its image size must be the task's.
 
     Mixed precision stays off on a GPU: the networks are small (casts would cost more than they
     save) and the REINFORCE term needs accurate log-likelihoods of the sampled locations.
@@ -367,8 +377,13 @@ def train_ram(task: str, profile: str | None = None, device=None, seed: int = 0,
 
     device = torch.device(device) if device is not None else get_device()
     profile = get_profile(profile)
+    if task not in PAPER_CONFIGS:
+        raise ValueError(f"unknown RAM task {task!r}; expected one of {', '.join(PAPER_CONFIGS)}")
+    if config is not None and config.image_size != PAPER_CONFIGS[task].image_size:
+        raise ValueError(f"config.image_size is {config.image_size}, but {task} images are "
+                         f"{PAPER_CONFIGS[task].image_size} x {PAPER_CONFIGS[task].image_size}")
     torch.manual_seed(seed)
-    model = _build(_model_config(task)).to(device)
+    model = (RecurrentAttentionModel(config) if config is not None else _build(_model_config(task))).to(device)
     data = MNISTVariantTask(task, device=device)
     quick, full = TRAINING[task]
     total = steps or pick(quick, full, profile)

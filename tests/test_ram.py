@@ -1,13 +1,19 @@
 """RAM: the glimpse sensor against a plain loop, shapes and errors, the policy gradient, learning."""
 
 import math
+import os
+from pathlib import Path
 
 import pytest
 import torch
 
 from attn_course.attention import glimpse
-from attn_course.ram import (PAPER_CONFIGS, RAMConfig, RecurrentAttentionModel, gaussian_log_likelihood,
-                             glimpse_sensor, glimpse_sensor_loop, hybrid_loss)
+from attn_course.ram import (PAPER_CONFIGS, TARGET_ERROR, RAMConfig, RecurrentAttentionModel,
+                             gaussian_log_likelihood, glimpse_sensor, glimpse_sensor_loop, hybrid_loss, train_ram)
+
+DATA = os.environ.get("ATTN_COURSE_DATA")
+needs_mnist = pytest.mark.skipif(not DATA or not (Path(DATA) / "mnist").is_dir(),
+                                 reason="set ATTN_COURSE_DATA to a folder holding mnist/*.gz")
 
 
 @pytest.mark.parametrize("size,g,k", [(28, 8, 1), (28, 8, 3), (60, 12, 3), (100, 12, 4)])
@@ -174,3 +180,31 @@ def test_stored_configs_with_unknown_keys_are_refused():
     assert config_from_dict(RAMConfig, {"kind": "ram", "num_glimpses": 4}) == RAMConfig(num_glimpses=4)
     with pytest.raises(ValueError, match=r"unknown RAMConfig keys: \['bogus'\]"):
         config_from_dict(RAMConfig, {"kind": "ram", "bogus": 1})
+
+
+def test_train_ram_refuses_a_config_for_another_image_size():
+    with pytest.raises(ValueError, match="config.image_size is 28, but translated60 images are 60 x 60"):
+        train_ram("translated60", device="cpu", steps=1, config=RAMConfig(image_size=28), progress=False)
+    with pytest.raises(ValueError, match="unknown RAM task 'mnist64'"):
+        train_ram("mnist64", device="cpu", steps=1, progress=False)
+
+
+@needs_mnist
+def test_train_ram_trains_the_config_it_is_given():
+    config = RAMConfig(num_glimpses=2, hidden=32, glimpse_hidden=16, glimpse_features=32, core="lstm")
+    model, result, _ = train_ram("mnist28", device="cpu", steps=3, config=config, progress=False)
+    assert model.config == config and model.core_network.kind == "lstm" and result.step == 3
+
+
+def test_shipped_ram_checkpoints_meet_their_targets():
+    from attn_course.checkpoints import PRETRAINED_DIR, available_pretrained, read_card
+    from attn_course.ram import _model_config
+
+    shipped = {name for name in available_pretrained() if name.startswith("ram-")}
+    assert shipped == {f"ram-{task}" for task in TARGET_ERROR}, "ship one RAM checkpoint per target"
+    for task, target in TARGET_ERROR.items():
+        card = read_card(PRETRAINED_DIR / f"ram-{task}.pt")
+        assert card["metrics"]["error"] <= target, f"ram-{task}: {card['metrics']['error']:.2%} > {target:.2%}"
+        assert card["test_examples"] == 10_000
+        # the recipe in the package is the one that trained it, so the card's command reproduces it
+        assert card["model_config"] == _model_config(task), f"ram-{task} was trained with another configuration"

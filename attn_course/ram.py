@@ -387,7 +387,7 @@ def train_ram(task: str, profile: str | None = None, device=None, seed: int = 0,
         raise ValueError(f"config.image_size is {config.image_size}, but {task} images are "
                          f"{PAPER_CONFIGS[task].image_size} x {PAPER_CONFIGS[task].image_size}")
     torch.manual_seed(seed)
-    model = (RecurrentAttentionModel(config) if config is not None else _build(_model_config(task))).to(device)
+    model = RecurrentAttentionModel(config or PAPER_CONFIGS[task]).to(device)
     data = MNISTVariantTask(task, device=device)
     quick, full = TRAINING[task]
     total = steps or pick(quick, full, profile)

@@ -13,11 +13,7 @@ from attn_course.__main__ import main
 from attn_course.checkpoints import save_pretrained
 from attn_course.registry import get_spec
 
-DATA = os.environ.get("ATTN_COURSE_DATA")
-needs_mnist = pytest.mark.skipif(
-    not DATA or not (Path(DATA) / "mnist" / "t10k-images-idx3-ubyte.gz").exists(),
-    reason="MNIST files not found: set ATTN_COURSE_DATA to a folder holding mnist/*.gz",
-)
+from mnist_files import DATA, needs_mnist
 
 
 def last_json_line(text):

@@ -1,8 +1,6 @@
 """DRAW: the filterbank and its gradients, read and write, the bound, shapes and errors, learning."""
 
 import math
-import os
-from pathlib import Path
 
 import pytest
 import torch
@@ -10,10 +8,8 @@ import torch
 from attn_course.draw import (CPU_CONFIG, DRAW, PAPER_CONFIG, DRAWConfig, Window, attention_window, draw_loss,
                               filterbank, gaussian_kl, grid_centres, grid_points, importance_sampled_log_likelihood,
                               negative_elbo, read, read_loop, read_no_attention, evaluate_bound, window_box, write)
+from mnist_files import needs_mnist
 
-DATA = os.environ.get("ATTN_COURSE_DATA")
-needs_mnist = pytest.mark.skipif(not DATA or not (Path(DATA) / "mnist").is_dir(),
-                                 reason="set ATTN_COURSE_DATA to a folder holding mnist/*.gz")
 TINY = DRAWConfig(A=12, B=9, T=4, read_N=3, write_N=4, enc_size=32, dec_size=32, z_size=5)
 
 

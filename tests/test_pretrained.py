@@ -1,15 +1,12 @@
 """Every shipped checkpoint re-evaluated against its model card."""
 
-import os
-from pathlib import Path
-
 import pytest
 import torch
 
 from attn_course.checkpoints import PRETRAINED_DIR, available_pretrained, read_card, sha256_of
 from attn_course.registry import get_spec, load_pretrained
+from mnist_files import needs_mnist
 
-DATA = os.environ.get("ATTN_COURSE_DATA")
 SHIPPED = available_pretrained()
 
 
@@ -29,7 +26,7 @@ def test_card_is_complete_and_file_is_small(name):
     assert path.stat().st_size < 8 * 2**20
 
 
-@pytest.mark.skipif(not DATA or not (Path(DATA) / "mnist").is_dir(), reason="set ATTN_COURSE_DATA to evaluate")
+@needs_mnist
 @pytest.mark.parametrize("name", SHIPPED)
 def test_checkpoint_reproduces_its_card(name):
     card = read_card(PRETRAINED_DIR / f"{name}.pt")

@@ -1,8 +1,6 @@
 """RAM: the glimpse sensor against a plain loop, shapes and errors, the policy gradient, learning."""
 
 import math
-import os
-from pathlib import Path
 
 import pytest
 import torch
@@ -10,10 +8,7 @@ import torch
 from attn_course.attention import glimpse
 from attn_course.ram import (PAPER_CONFIGS, TARGET_ERROR, RAMConfig, RecurrentAttentionModel,
                              gaussian_log_likelihood, glimpse_sensor, glimpse_sensor_loop, hybrid_loss, train_ram)
-
-DATA = os.environ.get("ATTN_COURSE_DATA")
-needs_mnist = pytest.mark.skipif(not DATA or not (Path(DATA) / "mnist").is_dir(),
-                                 reason="set ATTN_COURSE_DATA to a folder holding mnist/*.gz")
+from mnist_files import needs_mnist
 
 
 @pytest.mark.parametrize("size,g,k", [(28, 8, 1), (28, 8, 3), (60, 12, 3), (100, 12, 4)])

@@ -13,20 +13,24 @@ A chapter supplies three small functions and a config; :func:`fit` does the rest
 What the loop gives every chapter: a ``tqdm.auto`` progress bar with the live loss
 and metrics, a :class:`~attn_course.history.History` for the plots, periodic
 evaluation, optional gradient clipping, mixed precision on CUDA, a guard that stops
-at the first non-finite loss and names the step, atomic checkpoints, exact resume
-(the weights after an interrupted and resumed run equal those of an uninterrupted
-one), and Ctrl-C saving a checkpoint before it returns.
+at the first non-finite loss and names the step, atomic checkpoints, and exact resume:
+Ctrl-C (SIGINT) or SIGTERM stops the run at the end of the current step and saves it
+there, and the same call resumes it so that weights, optimiser state and history equal
+those of an uninterrupted run. A second Ctrl-C stops at once, after saving the state of
+the last completed step.
 """
 
 from __future__ import annotations
 
 import math
+import os
 import random
 import signal
 import threading
 import time
-from contextlib import contextmanager
-from collections.abc import Callable, Mapping
+from collections import OrderedDict
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,11 +40,12 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .checkpoints import atomic_torch_save, load_state_file
+from .checkpoints import CheckpointError, atomic_torch_save, check_writable, load_state_file, output_lock
 from .history import History
 
 Batch = Any
 LossFn = Callable[[nn.Module, Batch], "tuple[torch.Tensor, Mapping[str, Any]]"]
+STATE_FORMAT = "attn_course.train/2"
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -57,7 +62,7 @@ class TrainConfig:
     seed: int = 0
     log_every: int = 25
     eval_every: int = 0  # 0: evaluate only at the end
-    checkpoint_every: int = 0  # 0: checkpoint only at the end (and on Ctrl-C)
+    checkpoint_every: int = 0  # 0: checkpoint only at the end (and when stopped)
     clip_grad_norm: float | None = None
     amp: bool | None = None
 
@@ -83,7 +88,7 @@ class TrainResult:
     history: History
     step: int  # steps completed
     wall_time: float  # seconds spent in this call
-    interrupted: bool = False
+    interrupted: bool = False  # stopped by a signal; the same call resumes
     checkpoint: Path | None = None
     final_metrics: dict[str, float] = field(default_factory=dict)
 
@@ -92,28 +97,38 @@ class TrainResult:
 
 
 def _rng_state(generator: torch.Generator) -> dict[str, Any]:
-    state = {
-        "data_generator": generator.get_state(),
-        "torch": torch.get_rng_state(),
-        "python": random.getstate(),
-        "numpy": np.random.get_state(),
-    }
-    if torch.cuda.is_available():
+    """Every random state a step draws from (cheap to take: see :func:`_plain_rng_state`)."""
+    state = {"data_generator": generator.get_state(), "torch": torch.get_rng_state(),
+             "python": random.getstate(), "numpy": np.random.get_state(legacy=True)}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
 
 
-def _set_rng_state(generator: torch.Generator, state: Mapping[str, Any], step: int) -> None:
-    try:
-        generator.set_state(state["data_generator"])
-    except RuntimeError:  # saved by an older version that drew the data on the GPU
-        generator.manual_seed(1_000_003 * (step + 1))
-        print(f"note: the saved data order could not be restored here; batches from step {step} on are new draws")
+def _plain_rng_state(state: Mapping[str, Any]) -> dict[str, Any]:
+    """:func:`_rng_state` as tensors and plain values, which a ``weights_only`` load reads back."""
+    py_version, py_internal, py_gauss = state["python"]
+    np_name, np_keys, np_pos, np_has_gauss, np_cached = state["numpy"]
+    return {
+        **state,
+        "python": {"version": py_version, "internal": list(py_internal), "gauss_next": py_gauss},
+        "numpy": {"name": np_name, "keys": torch.from_numpy(np_keys.astype(np.int64)), "pos": int(np_pos),
+                  "has_gauss": int(np_has_gauss), "cached_gaussian": float(np_cached)},
+    }
+
+
+def _set_rng_state(generator: torch.Generator, state: Mapping[str, Any]) -> None:
+    """Restore a :func:`_plain_rng_state`."""
+    generator.set_state(state["data_generator"])
     torch.set_rng_state(state["torch"])
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    py = state["python"]
+    random.setstate((py["version"], tuple(py["internal"]), py["gauss_next"]))
+    n = state["numpy"]
+    np.random.set_state((n["name"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
+                         n["cached_gaussian"]))
     if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        for index, cuda_state in enumerate(state["cuda"][: torch.cuda.device_count()]):
+            torch.cuda.set_rng_state(cuda_state, index)
 
 
 def make_generator(seed: int) -> torch.Generator:
@@ -125,27 +140,154 @@ def make_generator(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
-# --------------------------------------------------------------------------- the loop
+# --------------------------------------------------------------------------- stopping
 
 
-@contextmanager
-def _terminate_as_interrupt():
-    """Treat SIGTERM like Ctrl-C while training, so ``kill`` (or a job scheduler) saves a checkpoint too.
+class _StopSignals:
+    """SIGINT and SIGTERM ask the loop to stop at the next step boundary.
 
-    Background jobs started with ``nohup ... &`` ignore SIGINT, so SIGTERM is the way to stop them.
+    The first signal only records the request. A second one means the user insists:
+    it raises ``KeyboardInterrupt`` at once, except inside :meth:`protected` (the
+    optimiser update, a save), which is finished first. Installed in the main thread
+    only; a signal that was ignored (SIGINT in a ``nohup ... &`` job) stays ignored, and
+    the previous handlers are put back on exit.
     """
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
 
-    def interrupt(signum, frame):
-        raise KeyboardInterrupt
+    def __init__(self):
+        self.requested: int | None = None
+        self._depth = 0
+        self._pending = False
+        self._previous: dict[int, Any] = {}
 
-    previous = signal.signal(signal.SIGTERM, interrupt)
+    def __enter__(self) -> "_StopSignals":
+        if threading.current_thread() is threading.main_thread():
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                previous = signal.getsignal(signum)
+                if previous is signal.SIG_IGN:
+                    continue
+                signal.signal(signum, self._handle)
+                self._previous[signum] = previous
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for signum, previous in self._previous.items():
+            signal.signal(signum, signal.SIG_DFL if previous is None else previous)
+        self._previous.clear()
+
+    def _handle(self, signum: int, frame) -> None:
+        if self.requested is None:
+            self.requested = signum
+            _note(f"\n{signal.Signals(signum).name}: stopping at the end of this step "
+                  "(press Ctrl-C again to stop at once)\n")
+            return
+        if self._depth:
+            self._pending = True
+        else:
+            raise KeyboardInterrupt
+
+    @contextmanager
+    def protected(self, *, raise_pending: bool = True) -> Iterator[None]:
+        """A block a second signal does not cut; it raises ``KeyboardInterrupt`` after the block instead."""
+        self._depth += 1
+        try:
+            yield
+        finally:
+            self._depth -= 1
+        if self._depth == 0 and self._pending and raise_pending:
+            self._pending = False
+            raise KeyboardInterrupt
+
+
+def _note(text: str) -> None:
+    """Write to the terminal from a signal handler (``os.write``: no buffered stream to re-enter)."""
     try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+        os.write(2, text.encode())
+    except OSError:
+        pass
+
+
+# --------------------------------------------------------------------------- resuming
+
+
+def _plain(value: Any) -> Any:
+    """JSON-like ``value`` with tuples as lists and mappings as dicts, so saved and asked compare equal."""
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+class _Absent:
+    def __repr__(self) -> str:
+        return "(absent)"
+
+
+_ABSENT = _Absent()
+
+
+def _differences(saved: Any, asked: Any, prefix: str = "") -> list[tuple[str, Any, Any]]:
+    """``(key, saved, asked)`` for every key, nested ones dotted, whose values differ."""
+    if isinstance(saved, dict) and isinstance(asked, dict):
+        out = []
+        for key in list(saved) + [k for k in asked if k not in saved]:
+            out += _differences(saved.get(key, _ABSENT), asked.get(key, _ABSENT), f"{prefix}{key}.")
+        return out
+    return [] if saved == asked else [(prefix.rstrip("."), saved, asked)]
+
+
+def _load_training_state(path: Path, config: TrainConfig, extra: dict[str, Any]) -> dict[str, Any]:
+    """The state at ``path``, checked to belong to this call: same config (but steps), same extra."""
+    state = load_state_file(path)
+    if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
+        found = state.get("format") if isinstance(state, dict) else type(state).__name__
+        raise ValueError(f"{path} is not a training state of this version of attn_course "
+                         f"({STATE_FORMAT}, found {found!r}); delete it to start afresh, or choose another --out")
+    saved = {k: v for k, v in state["config"].items() if k != "steps"}
+    wanted = {k: v for k, v in asdict(config).items() if k != "steps"}
+    if saved != wanted:
+        diff = {k: (saved.get(k), wanted.get(k)) for k in wanted if saved.get(k) != wanted.get(k)}
+        raise ValueError(
+            f"cannot resume from {path}: its training config differs in {diff} (saved, asked); "
+            "delete the checkpoint or pass resume=False to start afresh"
+        )
+    differ = _differences(_plain(state.get("extra") or {}), extra)
+    if differ:
+        detail = "; ".join(f"{key}: saved {a!r}, asked {b!r}" for key, a, b in differ)
+        raise ValueError(f"cannot resume from {path}: it holds another run ({detail}); "
+                         "delete it to start afresh, or choose another --out")
+    if state["step"] > config.steps:
+        raise ValueError(
+            f"{path} has already trained {state['step']} steps, more than the {config.steps} asked for; "
+            "ask for at least that many steps, delete it to start afresh, or choose another --out")
+    return state
+
+
+_PLAIN_TYPES = (int, float, complex, bool, str, bytes, type(None), torch.dtype, torch.device)
+
+
+def _not_plain(value: Any, where: str) -> str | None:
+    """Where ``value`` holds something a ``weights_only`` load refuses (e.g. a numpy scalar), else None."""
+    if isinstance(value, torch.Tensor) or type(value) in _PLAIN_TYPES:
+        return None
+    if type(value) in (dict, OrderedDict):
+        for key, item in value.items():
+            if type(key) not in _PLAIN_TYPES:
+                return f"{where} (key {key!r} of type {type(key).__qualname__})"
+            found = _not_plain(item, f"{where}.{key}")
+            if found:
+                return found
+        return None
+    if type(value) in (list, tuple, torch.Size):
+        for index, item in enumerate(value):
+            found = _not_plain(item, f"{where}[{index}]")
+            if found:
+                return found
+        return None
+    return f"{where} (a {type(value).__module__}.{type(value).__qualname__})"
+
+
+# --------------------------------------------------------------------------- the loop
 
 
 def _to_float(value: Any) -> float:
@@ -177,10 +319,19 @@ def fit(
     """Train ``model`` for ``config.steps`` optimiser steps; see the module docstring.
 
     ``optimizer`` defaults to Adam with ``config.lr``. With ``checkpoint_path`` the full
-    training state (weights, optimiser, scheduler, step, history, every RNG) is saved
-    atomically every ``checkpoint_every`` steps, at the end, and on Ctrl-C; with
-    ``resume`` an existing checkpoint there is loaded first and training goes on from
-    its step. ``extra_state`` (JSON-like, e.g. the model config) is stored alongside.
+    training state (weights, optimiser, scheduler, step, history, unlogged running means,
+    every RNG) is saved atomically every ``checkpoint_every`` steps, at the end, and when
+    stopped; its folder must be writable (checked before the first step) and no other
+    process may train into it (:func:`~attn_course.checkpoints.output_lock`). With
+    ``resume`` an existing state there is loaded first and training goes on from its
+    step; a state of another config, another ``extra_state``, or of more steps than
+    asked is a ``ValueError``. ``extra_state`` (JSON-like, e.g. the model config) is
+    stored alongside. A failed save raises
+    :class:`~attn_course.checkpoints.CheckpointError` and keeps the previous file.
+
+    Ctrl-C or SIGTERM ends the current step, saves, and returns with ``interrupted=True``;
+    a second one raises ``KeyboardInterrupt`` after saving the last completed step. Any
+    other error saves the last completed step too before it propagates.
     """
     device = torch.device(device) if device is not None else next(model.parameters()).device
     model.to(device)
@@ -190,137 +341,247 @@ def fit(
         raise ValueError(f"mixed precision (amp=True) needs a CUDA device, got {device}")
     amp_dtype = _amp_dtype(device) if use_amp else None
     scaler = torch.amp.GradScaler("cuda") if use_amp and amp_dtype == torch.float16 else None
-
-    generator = make_generator(config.seed)
-    torch.manual_seed(config.seed)
-    history = History()
-    step = 0
     checkpoint_path = Path(checkpoint_path) if checkpoint_path is not None else None
+    extra = _plain(dict(extra_state or {}))
 
-    def training_state() -> dict[str, Any]:
+    with ExitStack() as stack:
+        if checkpoint_path is not None:
+            check_writable(checkpoint_path)
+            stack.enter_context(output_lock(checkpoint_path))
+        return _Run(model, optimizer, scheduler, scaler, config, device, amp_dtype, checkpoint_path, extra,
+                    evaluate).train(sample_batch, loss_fn, resume, progress, desc)
+
+
+class _Run:
+    """The state of one :func:`fit` call and its loop.
+
+    What a resumed run needs changes inside :meth:`_StopSignals.protected` blocks only,
+    except the RNG and the model buffers, which change in every forward pass: each block
+    ends with :meth:`_mark`, which records those two, so a save at any later moment (even
+    one cut into the next step) writes the state of the last completed step.
+    """
+
+    def __init__(self, model, optimizer, scheduler, scaler, config, device, amp_dtype, checkpoint_path, extra,
+                 evaluate):
+        self.model, self.optimizer, self.scheduler, self.scaler = model, optimizer, scheduler, scaler
+        self.config, self.device, self.amp_dtype = config, device, amp_dtype
+        self.checkpoint_path, self.extra, self.evaluate = checkpoint_path, extra, evaluate
+        self.generator = make_generator(config.seed)
+        torch.manual_seed(config.seed)
+        self.history = History()
+        self.step = 0
+        self.window: dict[str, float] = {}  # running sums of the metrics since the last log
+        self.window_count = 0
+        self.eval_owed = False  # the periodic evaluation of this step has not run yet
+        self.final_metrics: dict[str, float] | None = None
+        self.saved_step = 0  # the step of the file at checkpoint_path (0: none, or nothing new to save)
+        self.updating = False  # inside the optimiser update, the one moment the state is half-changed
+        self.means: dict[str, float] = {}  # the last logged running means, for the progress bar
+        self.stop = _StopSignals()
+        self._persistent = set(model.state_dict())
+        self._rng: dict[str, Any] = {}
+        self._buffers: dict[str, torch.Tensor] = {}
+
+    # ----------------------------------------------------------------- state
+
+    def _mark(self) -> None:
+        """Record the RNG and buffers of this moment, a step boundary."""
+        self._rng = _rng_state(self.generator)
+        self._buffers = {name: b.detach().clone() for name, b in self.model.named_buffers(remove_duplicate=False)
+                         if name in self._persistent}
+
+    def state_dict(self) -> dict[str, Any]:
+        model_state = self.model.state_dict()
+        model_state.update(self._buffers)
         return {
-            "format": "attn_course.train/1",
-            "step": step,
-            "config": asdict(config),
-            "model": model.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict() if scheduler is not None else None,
-            "scaler": scaler.state_dict() if scaler is not None else None,
-            "history": history.state_dict(),
-            "rng": _rng_state(generator),
-            "extra": dict(extra_state or {}),
+            "format": STATE_FORMAT,
+            "step": self.step,
+            "config": asdict(self.config),
+            "model": model_state,
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
+            "scaler": self.scaler.state_dict() if self.scaler is not None else None,
+            "history": self.history.state_dict(),
+            "window": {"sums": dict(self.window), "count": self.window_count},
+            "eval_owed": self.eval_owed,
+            "final_metrics": self.final_metrics,
+            "rng": _plain_rng_state(self._rng),
+            "extra": self.extra,
         }
 
-    def save() -> Path | None:
-        if checkpoint_path is None:
+    def checked_state_dict(self) -> dict[str, Any]:
+        """:meth:`state_dict`, refused if it holds objects a safe load could not read back."""
+        state = self.state_dict()
+        for key in ("scheduler", "scaler", "extra", "optimizer"):
+            found = _not_plain(state[key], key)
+            if found:
+                raise TypeError(
+                    f"cannot save the training state to {self.checkpoint_path}: {found} is not a tensor or plain "
+                    "value, so the state could not be loaded back safely; keep such objects out of the "
+                    "scheduler's and optimiser's attributes and out of extra_state")
+        return state
+
+    def load(self, state: Mapping[str, Any]) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.scheduler is not None and state["scheduler"] is not None:
+            self.scheduler.load_state_dict(state["scheduler"])
+        if self.scaler is not None and state["scaler"] is not None:
+            self.scaler.load_state_dict(state["scaler"])
+        self.history = History.from_state_dict(state["history"])
+        self.window = dict(state["window"]["sums"])
+        self.window_count = int(state["window"]["count"])
+        self.step = int(state["step"])
+        self.eval_owed = bool(state["eval_owed"])
+        if self.step == self.config.steps and state["final_metrics"] is not None:
+            self.final_metrics = dict(state["final_metrics"])
+        _set_rng_state(self.generator, state["rng"])
+        self.saved_step = self.step
+
+    def save(self, *, raise_pending: bool = True) -> Path | None:
+        if self.checkpoint_path is None:
             return None
-        atomic_torch_save(training_state(), checkpoint_path)
-        return checkpoint_path
+        with self.stop.protected(raise_pending=raise_pending):
+            atomic_torch_save(self.checked_state_dict(), self.checkpoint_path)
+            self.saved_step = self.step
+        return self.checkpoint_path
 
-    if checkpoint_path is not None and resume and checkpoint_path.exists():
-        state = load_state_file(checkpoint_path, weights_only=False)
-        if state.get("format") != "attn_course.train/1":
-            raise ValueError(f"{checkpoint_path} is not a training checkpoint of attn_course.train")
-        saved = {k: v for k, v in state["config"].items() if k != "steps"}
-        wanted = {k: v for k, v in asdict(config).items() if k != "steps"}
-        if saved != wanted:
-            diff = {k: (saved.get(k), wanted.get(k)) for k in wanted if saved.get(k) != wanted.get(k)}
-            raise ValueError(
-                f"cannot resume from {checkpoint_path}: its training config differs in {diff} (saved, asked); "
-                "delete the checkpoint or pass resume=False to start afresh"
-            )
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        if scheduler is not None and state["scheduler"] is not None:
-            scheduler.load_state_dict(state["scheduler"])
-        if scaler is not None and state["scaler"] is not None:
-            scaler.load_state_dict(state["scaler"])
-        history = History.from_state_dict(state["history"])
-        step = int(state["step"])
-        _set_rng_state(generator, state["rng"], step)
+    # ----------------------------------------------------------------- loop
 
-    def run_evaluation() -> dict[str, float]:
-        if evaluate is None:
-            return {}
-        was_training = model.training
-        model.eval()
-        with torch.no_grad():
-            metrics = {name: _to_float(value) for name, value in evaluate(model).items()}
-        model.train(was_training)
-        history.log(step, **{f"eval_{name}": value for name, value in metrics.items()})
+    def evaluation(self) -> dict[str, float]:
+        metrics = {}
+        if self.evaluate is not None:
+            was_training = self.model.training
+            self.model.eval()
+            with torch.no_grad():
+                metrics = {name: _to_float(value) for name, value in self.evaluate(self.model).items()}
+            self.model.train(was_training)
+        with self.stop.protected():
+            if metrics:
+                self.history.log(self.step, **{f"eval_{name}": value for name, value in metrics.items()})
+            self.eval_owed = False
+            self._mark()
         return metrics
 
-    start = time.perf_counter()
-    interrupted = False
-    final_metrics: dict[str, float] = {}
-    window: dict[str, float] = {}
-    window_count = 0
-    model.train()
-    bar = tqdm(total=config.steps, initial=step, desc=desc, disable=not progress, dynamic_ncols=True)
-    sigterm = _terminate_as_interrupt()
-    sigterm.__enter__()
-    try:
-        while step < config.steps:
-            batch = sample_batch(generator, config.batch_size)
-            with torch.autocast(device_type=device.type, dtype=amp_dtype, enabled=use_amp):
-                loss, metrics = loss_fn(model, batch)
-            loss_value = _to_float(loss)
-            if not math.isfinite(loss_value):
-                raise NonFiniteLossError(
-                    f"the training loss became {loss_value} at step {step + 1} (of {config.steps}); "
-                    "weights from before this step are unchanged. Lower the learning rate, clip gradients "
-                    "(clip_grad_norm) or check the inputs of this batch."
-                )
-            optimizer.zero_grad(set_to_none=True)
-            if scaler is not None:
-                scaler.scale(loss).backward()
-                scaler.unscale_(optimizer)
-            else:
-                loss.backward()
-            if config.clip_grad_norm is not None:
-                nn.utils.clip_grad_norm_(model.parameters(), config.clip_grad_norm)
+    def one_step(self, sample_batch, loss_fn) -> None:
+        config, optimizer, scaler = self.config, self.optimizer, self.scaler
+        batch = sample_batch(self.generator, config.batch_size)
+        with torch.autocast(device_type=self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
+            loss, metrics = loss_fn(self.model, batch)
+        loss_value = _to_float(loss)
+        if not math.isfinite(loss_value):
+            raise NonFiniteLossError(
+                f"the training loss became {loss_value} at step {self.step + 1} (of {config.steps}); "
+                "weights from before this step are unchanged. Lower the learning rate, clip gradients "
+                "(clip_grad_norm) or check the inputs of this batch."
+            )
+        values = {"loss": loss_value, **{name: _to_float(value) for name, value in metrics.items()}}
+        optimizer.zero_grad(set_to_none=True)
+        if scaler is not None:
+            scaler.scale(loss).backward()
+            scaler.unscale_(optimizer)
+        else:
+            loss.backward()
+        if config.clip_grad_norm is not None:
+            nn.utils.clip_grad_norm_(self.model.parameters(), config.clip_grad_norm)
+        with self.stop.protected():
+            self.updating = True
             if scaler is not None:
                 scaler.step(optimizer)
                 scaler.update()
             else:
                 optimizer.step()
-            if scheduler is not None:
-                scheduler.step()
-            step += 1
-            bar.update(1)
+            if self.scheduler is not None:
+                self.scheduler.step()
+            self.step += 1
+            for name, value in values.items():
+                self.window[name] = self.window.get(name, 0.0) + value
+            self.window_count += 1
+            if self.step % config.log_every == 0 or self.step == config.steps:
+                self.means = {name: total / self.window_count for name, total in self.window.items()}
+                self.history.log(self.step, **self.means)
+                self.window, self.window_count = {}, 0
+            self.eval_owed = bool(config.eval_every and self.step % config.eval_every == 0
+                                  and self.step < config.steps)
+            self._mark()
+            self.updating = False
 
-            window["loss"] = window.get("loss", 0.0) + loss_value
-            for name, value in metrics.items():
-                window[name] = window.get(name, 0.0) + _to_float(value)
-            window_count += 1
-            if step % config.log_every == 0 or step == config.steps:
-                means = {name: total / window_count for name, total in window.items()}
-                history.log(step, **means)
-                bar.set_postfix({name: f"{value:.4g}" for name, value in means.items()}, refresh=False)
-                window, window_count = {}, 0
-            if config.eval_every and step % config.eval_every == 0 and step < config.steps:
-                run_evaluation()
-            if config.checkpoint_every and step % config.checkpoint_every == 0 and step < config.steps:
-                save()
-        final_metrics = run_evaluation()
-        if final_metrics:
-            bar.set_postfix({f"eval_{k}": f"{v:.4g}" for k, v in final_metrics.items()}, refresh=True)
-    except KeyboardInterrupt:
-        interrupted = True
-        where = save()
-        message = f"interrupted at step {step} of {config.steps}"
-        if where is not None:
-            message += f"; training state saved to {where}: run the same call again to resume"
+    def train(self, sample_batch, loss_fn, resume: bool, progress: bool, desc: str) -> TrainResult:
+        config = self.config
+        if self.checkpoint_path is not None and resume and self.checkpoint_path.exists():
+            self.load(_load_training_state(self.checkpoint_path, config, self.extra))
+        self._mark()
+        if self.checkpoint_path is not None:
+            self.checked_state_dict()  # before the first step: a state that could not be resumed is no use
+        start = time.perf_counter()
+        saved_at = None
+        self.model.train()
+        bar = tqdm(total=config.steps, initial=self.step, desc=desc, disable=not progress, dynamic_ncols=True)
+        try:
+            with self.stop:
+                try:
+                    self._loop(sample_batch, loss_fn, bar)
+                    saved_at = self.save()
+                except KeyboardInterrupt:
+                    if self.updating:  # raised inside the optimiser update (not by a signal): half-changed
+                        print(f"interrupted inside the optimiser update of step {self.step + 1}: not saved"
+                              + (f"; {self.checkpoint_path} keeps step {self.saved_step}" if self.saved_step else ""))
+                        raise
+                    insisted = self.stop.requested is not None  # a second signal: save, then stop at once
+                    self.stop.requested = self.stop.requested or signal.SIGINT
+                    saved_at = self.save(raise_pending=False)
+                    if insisted:
+                        self._report_stop(saved_at)
+                        raise
+                except CheckpointError:
+                    raise
+                except Exception as error:
+                    if not self.updating and self.step != self.saved_step and self.checkpoint_path is not None:
+                        try:
+                            self.save(raise_pending=False)
+                        except Exception:
+                            pass
+                        else:
+                            error.add_note(f"the training state of step {self.step} was saved to "
+                                           f"{self.checkpoint_path}")
+                    raise
+        finally:
+            bar.close()
+        interrupted = self.stop.requested is not None
+        if interrupted:
+            self._report_stop(saved_at)
+        return TrainResult(
+            history=self.history,
+            step=self.step,
+            wall_time=time.perf_counter() - start,
+            interrupted=interrupted,
+            checkpoint=saved_at,
+            final_metrics=dict(self.final_metrics or {}),
+        )
+
+    def _loop(self, sample_batch, loss_fn, bar) -> None:
+        """Steps until done or asked to stop, then the final evaluation (not when stopped)."""
+        config = self.config
+        if self.eval_owed:
+            self.evaluation()
+        while self.step < config.steps and self.stop.requested is None:
+            self.one_step(sample_batch, loss_fn)
+            bar.update(1)
+            if self.step % config.log_every == 0:
+                bar.set_postfix({k: f"{v:.4g}" for k, v in self.means.items()}, refresh=False)
+            if self.eval_owed:
+                self.evaluation()
+            if config.checkpoint_every and self.step % config.checkpoint_every == 0 and self.step < config.steps:
+                self.save()
+        if self.stop.requested is None and self.final_metrics is None:
+            self.final_metrics = self.evaluation()
+            if self.final_metrics:
+                bar.set_postfix({f"eval_{k}": f"{v:.4g}" for k, v in self.final_metrics.items()}, refresh=True)
+
+    def _report_stop(self, saved_at: Path | None) -> None:
+        message = f"interrupted at step {self.step} of {self.config.steps}"
+        if saved_at is not None:
+            message += f"; training state saved to {saved_at}: run the same call again to resume"
+        else:
+            message += " (no checkpoint_path: nothing was saved)"
         print(message)
-    finally:
-        bar.close()
-        sigterm.__exit__(None, None, None)
-    saved_at = save() if not interrupted else (checkpoint_path if checkpoint_path is not None else None)
-    return TrainResult(
-        history=history,
-        step=step,
-        wall_time=time.perf_counter() - start,
-        interrupted=interrupted,
-        checkpoint=saved_at,
-        final_metrics=final_metrics,
-    )

@@ -1,12 +1,28 @@
-"""The training loop: learning, history, resume equality, NaN guard, Ctrl-C, checkpoints."""
+"""The training loop: learning, history, exact resume after a signal at any point, NaN guard, checkpoints."""
 
+import functools
 import math
+import os
+import signal
+import subprocess
+import sys
 
 import pytest
 import torch
 from torch import nn
 
+from attn_course import train as train_module
+from attn_course.checkpoints import CheckpointError, OutputLockedError, atomic_torch_save, load_state_file
 from attn_course.train import NonFiniteLossError, TrainConfig, fit
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models: threads only cost time here, the more so on a busy machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def make_problem(seed=0):
@@ -46,49 +62,343 @@ def test_fit_learns_and_logs_history():
     assert result.step == 200 and not result.interrupted
 
 
-class StopAt:
-    """A sampler wrapper that raises KeyboardInterrupt at a given call, like Ctrl-C."""
+# --------------------------------------------------------------------------- exact resume
 
-    def __init__(self, sample_batch, stop_at):
-        self.sample_batch, self.stop_at, self.calls = sample_batch, stop_at, 0
-
-    def __call__(self, generator, batch_size):
-        self.calls += 1
-        if self.calls == self.stop_at:
-            raise KeyboardInterrupt
-        return self.sample_batch(generator, batch_size)
+# Logging, evaluation and checkpoints fall between steps at different periods, and the
+# evaluation draws from the global RNG, so that every piece of the state matters.
+RESUME_CONFIG = TrainConfig(steps=30, batch_size=16, lr=1e-2, log_every=7, eval_every=10, checkpoint_every=9)
 
 
-def test_interrupted_and_resumed_run_equals_uninterrupted(tmp_path, capsys):
+def bn_model():
+    """A model with buffers that change in the forward pass (BatchNorm running statistics)."""
+    torch.manual_seed(123)
+    return nn.Sequential(nn.Linear(8, 16), nn.BatchNorm1d(16), nn.Tanh(), nn.Linear(16, 1))
+
+
+def noisy_evaluate(model):
+    return {"noise": torch.rand(()).item(), "w": model[0].weight.sum()}
+
+
+class Scheduler(torch.optim.lr_scheduler.LambdaLR):
+    """A decaying learning rate that can call ``hook(where)`` just before and after each step."""
+
+    def __init__(self, optimizer, hook=None):
+        self.hook = None
+        super().__init__(optimizer, lambda s: 0.95 ** s)
+        self.hook = hook
+
+    def state_dict(self):
+        return {k: v for k, v in super().state_dict().items() if k != "hook"}
+
+    def step(self, *args, **kwargs):
+        if self.hook:
+            self.hook("before_scheduler")
+        super().step(*args, **kwargs)
+        if self.hook:
+            self.hook("after_scheduler")
+
+
+class Signaller:
+    """Sends ``signals`` to this process at the ``at``-th time the training passes ``point``."""
+
+    def __init__(self, point, at, signals):
+        self.point, self.at, self.signals, self.counts = point, at, signals, {}
+
+    def __call__(self, where):
+        self.counts[where] = self.counts.get(where, 0) + 1
+        if where == self.point and self.counts[where] == self.at:
+            for signum in self.signals:
+                os.kill(os.getpid(), signum)
+
+
+def run_fit(path=None, hook=None, **kwargs):
+    """One fit of the resume problem; ``hook(where)`` is called at every point of every step."""
+    hook = hook or (lambda where: None)
     sample_batch, loss_fn = make_problem()
-    config = TrainConfig(steps=60, batch_size=16, lr=1e-2, log_every=7, checkpoint_every=25)
+    model = bn_model()
+    optimizer = torch.optim.Adam(model.parameters(), lr=RESUME_CONFIG.lr)
+    scheduler = Scheduler(optimizer, hook)
+    optimizer.register_step_pre_hook(lambda *a: hook("after_backward"))
+    optimizer.register_step_post_hook(lambda *a: hook("after_optimizer"))
 
-    straight = new_model()
-    fit(straight, sample_batch, loss_fn, config, progress=False)
+    def sampler(generator, batch_size):
+        batch = sample_batch(generator, batch_size)
+        hook("sample")
+        return batch
 
+    def loss(model, batch):
+        result = loss_fn(model, batch)
+        hook("loss")
+        return result
+
+    def evaluate(model):
+        metrics = noisy_evaluate(model)
+        hook("evaluate")
+        return metrics
+
+    result = fit(model, sampler, loss, RESUME_CONFIG, optimizer=optimizer, scheduler=scheduler, evaluate=evaluate,
+                 checkpoint_path=path, progress=False, **kwargs)
+    return model, optimizer, scheduler, result
+
+
+@functools.lru_cache(maxsize=1)
+def uninterrupted():
+    model, optimizer, scheduler, result = run_fit()
+    return model.state_dict(), optimizer.state_dict(), scheduler.state_dict(), result
+
+
+def assert_same(a, b, where="state"):
+    """Equal nested states, tensors compared exactly."""
+    if isinstance(a, torch.Tensor):
+        assert isinstance(b, torch.Tensor) and a.dtype == b.dtype and torch.equal(a, b), where
+    elif isinstance(a, dict):
+        assert isinstance(b, dict) and list(a) == list(b), where
+        for key in a:
+            assert_same(a[key], b[key], f"{where}.{key}")
+    elif isinstance(a, (list, tuple)):
+        assert type(a) is type(b) and len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b)):
+            assert_same(x, y, f"{where}[{i}]")
+    else:
+        assert a == b, f"{where}: {a!r} != {b!r}"
+
+
+def assert_equals_uninterrupted(model, optimizer, scheduler, result):
+    ref_model, ref_optimizer, ref_scheduler, ref = uninterrupted()
+    assert result.step == 30 and not result.interrupted
+    assert_same(model.state_dict(), ref_model, "model")
+    assert_same(optimizer.state_dict(), ref_optimizer, "optimizer")
+    assert_same(scheduler.state_dict(), ref_scheduler, "scheduler")
+    assert_same(result.history.state_dict(), ref.history.state_dict(), "history")
+    assert result.final_metrics == ref.final_metrics
+
+
+POINTS = ["sample", "loss", "after_backward", "after_optimizer", "before_scheduler", "after_scheduler"]
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+@pytest.mark.parametrize("point, at", [(p, 12) for p in POINTS] + [("after_optimizer", 30), ("evaluate", 2)])
+def test_a_signal_anywhere_in_a_step_stops_at_its_end_and_resumes_exactly(tmp_path, capsys, point, at, signum):
     path = tmp_path / "run.state"
-    resumed = new_model()
-    first = fit(resumed, StopAt(sample_batch, 38), loss_fn, config, checkpoint_path=path, progress=False)
-    assert first.interrupted and first.step == 37
-    assert "interrupted at step 37" in capsys.readouterr().out
-    assert path.exists()
-    # A fresh process would build a fresh model: weights must come from the checkpoint.
-    resumed = new_model()
-    second = fit(resumed, sample_batch, loss_fn, config, checkpoint_path=path, progress=False)
-    assert second.step == 60 and not second.interrupted
-    for a, b in zip(straight.state_dict().values(), resumed.state_dict().values()):
-        assert torch.equal(a, b)
-    # the history continues where it stopped, without gaps or repeats
-    steps, _ = second.history.series("loss")
-    assert steps == sorted(set(steps)) and steps[-1] == 60
+    before = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+    stopped = run_fit(path, Signaller(point, at, [signum]))[3]
+    assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == before  # handlers put back
+    stop_step = 20 if point == "evaluate" else at  # the evaluation of step 20 belongs to step 20
+    assert stopped.interrupted and stopped.step == stop_step and stopped.checkpoint == path
+    assert f"interrupted at step {stop_step} of 30" in capsys.readouterr().out
+    assert load_state_file(path)["step"] == stop_step
+    # A fresh process would build a fresh model: everything must come from the state file.
+    assert_equals_uninterrupted(*run_fit(path))
+
+
+# Before the optimiser step the stop is at once (the step is dropped); from the optimiser
+# step on, the update of the step is finished first; a save is finished too.
+@pytest.mark.parametrize("point, at, saved_step", [("sample", 12, 11), ("loss", 12, 11), ("after_backward", 12, 12),
+                                                    ("after_scheduler", 12, 12), ("evaluate", 1, 10),
+                                                    ("save", 1, 9)])
+def test_a_second_ctrl_c_stops_at_once_after_saving_the_last_completed_step(tmp_path, monkeypatch, point, at,
+                                                                             saved_step):
+    path = tmp_path / "run.state"
+    hook = Signaller(point, at, [signal.SIGINT, signal.SIGINT])
+
+    def save(obj, target):  # a second Ctrl-C during a save lets the save finish first
+        hook("save")
+        return atomic_torch_save(obj, target)
+
+    monkeypatch.setattr(train_module, "atomic_torch_save", save)
+    before = signal.getsignal(signal.SIGINT)
+    with pytest.raises(KeyboardInterrupt):
+        run_fit(path, hook)
+    assert signal.getsignal(signal.SIGINT) is before
+    assert load_state_file(path)["step"] == saved_step
+    monkeypatch.undo()
+    assert_equals_uninterrupted(*run_fit(path))
+
+
+def test_keyboard_interrupt_raised_in_the_sampler_saves_and_resumes_exactly(tmp_path, capsys):
+    path = tmp_path / "run.state"
+
+    def hook(where):
+        hook.calls += where == "sample"
+        if hook.calls == 13 and where == "sample":
+            raise KeyboardInterrupt
+
+    hook.calls = 0
+    stopped = run_fit(path, hook)[3]
+    assert stopped.interrupted and stopped.step == 12
+    assert "interrupted at step 12 of 30" in capsys.readouterr().out
+    assert_equals_uninterrupted(*run_fit(path))
+
+
+def test_ignored_sigint_stays_ignored_and_handlers_are_restored(tmp_path):
+    def mine(signum, frame):
+        pass
+
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN), signal.signal(signal.SIGTERM, mine)
+    try:
+        seen = []
+        result = run_fit(tmp_path / "run.state", lambda where: seen.append(signal.getsignal(signal.SIGINT)))[3]
+        assert not result.interrupted and set(seen) == {signal.SIG_IGN}
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN and signal.getsignal(signal.SIGTERM) is mine
+    finally:
+        signal.signal(signal.SIGINT, previous[0])
+        signal.signal(signal.SIGTERM, previous[1])
+
+
+def test_rng_state_survives_a_weights_only_round_trip(tmp_path):
+    import random
+
+    import numpy as np
+
+    generator = train_module.make_generator(5)
+    random.random(), np.random.normal(), torch.randn(3), torch.randn(2, generator=generator)  # noqa: B018
+    state = train_module._plain_rng_state(train_module._rng_state(generator))
+    atomic_torch_save(state, tmp_path / "rng.pt")
+    expected = (random.random(), random.gauss(0, 1), np.random.normal(size=3).tolist(), torch.randn(3),
+                torch.randn(2, generator=generator))
+    random.seed(1), np.random.seed(1), torch.manual_seed(1), generator.manual_seed(1)  # noqa: B018
+    train_module._set_rng_state(generator, load_state_file(tmp_path / "rng.pt"))
+    again = (random.random(), random.gauss(0, 1), np.random.normal(size=3).tolist(), torch.randn(3),
+             torch.randn(2, generator=generator))
+    assert expected[:3] == again[:3] and torch.equal(expected[3], again[3]) and torch.equal(expected[4], again[4])
+
+
+# --------------------------------------------------------------------------- what a state belongs to
+
+
+def small_fit(path, steps=5, sampler=None, config=None, **kwargs):
+    sample_batch, loss_fn = make_problem()
+    config = TrainConfig(steps=steps, lr=1e-2, **(config or {}))
+    return fit(new_model(), sampler or sample_batch, loss_fn, config, checkpoint_path=path, progress=False, **kwargs)
 
 
 def test_resume_refuses_a_different_config(tmp_path):
-    sample_batch, loss_fn = make_problem()
     path = tmp_path / "run.state"
-    fit(new_model(), sample_batch, loss_fn, TrainConfig(steps=5, lr=1e-2), checkpoint_path=path, progress=False)
+    small_fit(path)
     with pytest.raises(ValueError, match="lr"):
+        sample_batch, loss_fn = make_problem()
         fit(new_model(), sample_batch, loss_fn, TrainConfig(steps=10, lr=1e-3), checkpoint_path=path, progress=False)
+
+
+def test_resume_refuses_the_state_of_another_run(tmp_path):
+    path = tmp_path / "run.state"
+    small_fit(path, extra_state={"model": "ram", "task": "mnist28",
+                                 "model_config": {"hidden": 256, "glimpses": 6, "sizes": (8, 16)}})
+    with pytest.raises(ValueError) as error:
+        small_fit(path, extra_state={"model": "ram", "task": "translated60",
+                                     "model_config": {"hidden": 256, "glimpses": 8}})
+    text = str(error.value)
+    assert str(path) in text and "--out" in text and "delete" in text
+    assert "task: saved 'mnist28', asked 'translated60'" in text
+    assert "model_config.glimpses: saved 6, asked 8" in text and "hidden" not in text
+    with pytest.raises(ValueError, match="model: saved 'ram', asked \\(absent\\)"):
+        small_fit(path, extra_state={"task": "mnist28", "model_config": {"hidden": 256, "glimpses": 6, "sizes": [8, 16]}})
+    # the same extra resumes, whether its sequences are tuples or lists
+    result = small_fit(path, steps=8, extra_state={"model": "ram", "task": "mnist28",
+                                                   "model_config": {"sizes": [8, 16], "glimpses": 6, "hidden": 256}})
+    assert result.step == 8
+
+
+def test_resume_refuses_a_state_past_the_steps_asked_and_returns_a_finished_one(tmp_path):
+    path = tmp_path / "run.state"
+    evaluations = []
+    done = small_fit(path, steps=8, evaluate=lambda m: evaluations.append(1) or {"e": 1.0})
+    with pytest.raises(ValueError, match=f"{path} has already trained 8 steps, more than the 5 asked for"):
+        small_fit(path, steps=5)
+    again = small_fit(path, steps=8, evaluate=lambda m: evaluations.append(1) or {"e": 1.0},
+                      sampler=lambda g, n: pytest.fail("a finished run draws no batch"))
+    assert again.step == 8 and not again.interrupted and again.final_metrics == {"e": 1.0}
+    assert again.history.state_dict() == done.history.state_dict() and len(evaluations) == 1
+
+
+def test_a_planted_state_that_runs_code_is_refused(tmp_path):
+    marker = tmp_path / "pwned"
+
+    class Payload:
+        def __reduce__(self):
+            return (exec, (f"open({str(marker)!r}, 'w').close()",))
+
+    path = tmp_path / "run.state"
+    torch.save({"format": train_module.STATE_FORMAT, "step": 1, "extra": Payload()}, path)
+    with pytest.raises(ValueError) as error:
+        small_fit(path)
+    text = str(error.value)
+    assert str(path) in text and "not a file written by attn_course" in text and "untrusted" in text
+    assert "weights_only" not in text and error.value.__cause__ is None and error.value.__suppress_context__
+    assert not marker.exists()
+
+
+def test_a_state_that_could_not_be_loaded_back_is_refused_before_training(tmp_path):
+    import numpy as np
+
+    sample_batch, loss_fn = make_problem()
+    model = new_model()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0)
+    scheduler.best = np.float64(1.0)  # a numpy scalar is not plain data for weights_only
+    with pytest.raises(TypeError, match="scheduler.best"):
+        fit(model, lambda g, n: pytest.fail("no step before the check"), loss_fn, TrainConfig(steps=3),
+            optimizer=optimizer, scheduler=scheduler, checkpoint_path=tmp_path / "run.state", progress=False)
+
+
+# --------------------------------------------------------------------------- failed saves, locked outputs
+
+
+def test_an_unwritable_checkpoint_folder_is_refused_before_the_first_step(tmp_path):
+    (tmp_path / "runs").write_text("a file where the folder should be")
+    path = tmp_path / "runs" / "run.state"
+    with pytest.raises(CheckpointError, match=f"cannot write {path}: files cannot be created in the folder"):
+        small_fit(path, sampler=lambda g, n: pytest.fail("no step before the check"))
+
+
+def test_a_failed_save_is_a_clear_error_and_keeps_the_last_good_state(tmp_path, monkeypatch):
+    import errno
+
+    path = tmp_path / "run.state"
+    real_save = torch.save
+    saves = []
+
+    def save(obj, f, *args, **kwargs):
+        saves.append(1)
+        if len(saves) == 2:
+            f.write(b"partial")
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real_save(obj, f, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "save", save)
+    with pytest.raises(CheckpointError) as error:
+        small_fit(path, steps=20, config={"checkpoint_every": 5})
+    text = str(error.value)
+    assert str(path) in text and "no space left on device" in text and "last good file at that path is kept" in text
+    monkeypatch.undo()
+    assert load_state_file(path)["step"] == 5
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run.state"]  # no temporary or lock file left
+
+
+def test_a_run_training_into_a_locked_state_is_refused(tmp_path):
+    path = tmp_path / "run.state"
+    holder = hold_lock_in_subprocess(path)
+    try:
+        with pytest.raises(OutputLockedError, match=f"{path} is locked: another process \\(pid {holder.pid}\\)"):
+            small_fit(path, sampler=lambda g, n: pytest.fail("no step while locked"))
+    finally:
+        holder.kill()
+        holder.wait()
+    assert small_fit(path).step == 5  # the operating system released the lock of the killed process
+
+
+def hold_lock_in_subprocess(path):
+    """A process that takes the lock of ``path`` as output_lock does (flock, pid inside) and waits."""
+    code = ("import fcntl, os, sys; fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT); "
+            "fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB); os.write(fd, str(os.getpid()).encode()); "
+            "print('locked', flush=True); sys.stdin.read()")
+    holder = subprocess.Popen([sys.executable, "-c", code, f"{path}.lock"], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "locked"
+    return holder
+
+
+# --------------------------------------------------------------------------- guards
 
 
 def test_nan_guard_names_the_step_and_keeps_weights():
@@ -106,6 +416,23 @@ def test_nan_guard_names_the_step_and_keeps_weights():
     with pytest.raises(NonFiniteLossError, match="at step 13"):
         fit(model, sample_batch, exploding_loss, TrainConfig(steps=50, lr=1e-2), progress=False)
     assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def test_an_error_in_a_step_saves_the_last_completed_step(tmp_path):
+    sample_batch, loss_fn = make_problem()
+
+    def failing_sampler(generator, batch_size):
+        failing_sampler.calls += 1
+        if failing_sampler.calls == 8:
+            raise RuntimeError("the data went away")
+        return sample_batch(generator, batch_size)
+
+    failing_sampler.calls = 0
+    path = tmp_path / "run.state"
+    with pytest.raises(RuntimeError, match="the data went away") as error:
+        small_fit(path, steps=20, sampler=failing_sampler)
+    assert load_state_file(path)["step"] == 7
+    assert any(f"state of step 7 was saved to {path}" in note for note in error.value.__notes__)
 
 
 def test_gradient_clipping_bounds_the_update():
@@ -134,24 +461,3 @@ def test_amp_on_cpu_is_a_clear_error():
     sample_batch, loss_fn = make_problem()
     with pytest.raises(ValueError, match="CUDA"):
         fit(new_model(), sample_batch, loss_fn, TrainConfig(steps=1, amp=True), device="cpu", progress=False)
-
-
-def test_sigterm_saves_a_checkpoint_like_ctrl_c(tmp_path):
-    import os
-    import signal
-
-    sample_batch, loss_fn = make_problem()
-    calls = []
-
-    def terminating_sampler(generator, batch_size):
-        calls.append(1)
-        if len(calls) == 5:
-            os.kill(os.getpid(), signal.SIGTERM)  # e.g. `kill PID` on a background job
-        return sample_batch(generator, batch_size)
-
-    path = tmp_path / "run.state"
-    before = signal.getsignal(signal.SIGTERM)
-    result = fit(new_model(), terminating_sampler, loss_fn, TrainConfig(steps=50), checkpoint_path=path,
-                 progress=False)
-    assert result.interrupted and result.step == 4 and path.exists()
-    assert signal.getsignal(signal.SIGTERM) is before  # the handler is put back

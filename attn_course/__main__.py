@@ -12,6 +12,13 @@ same command again after an interruption (Ctrl-C) to resume. ``ship`` copies a t
 ``PATH`` into the package's pretrained folder, re-evaluated; with ``--float16`` the weights
 are rounded to half precision first (half the file) and the card records the metrics of
 the rounded weights, the ones a reader loads.
+
+``train`` checks that ``PATH``'s folder can be written before its first step, and holds a
+lock on ``PATH`` while it runs: a second run with the same ``--out`` stops at once. ``ship``
+checks the source card and weights and the target folder before it writes anything.
+Every expected failure (a bad argument or name, a missing, damaged or locked file, running
+out of memory, a training loss that is no longer finite) ends the command with one
+``error: ...`` line on stderr and exit status 2; ``info`` reports problems and carries on.
 """
 
 from __future__ import annotations
@@ -19,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import re
 import shlex
 import sys
 import time
@@ -28,10 +36,114 @@ import torch
 
 from . import __version__
 from .runtime import banner, device_description, get_device, get_profile
+from .train import NonFiniteLossError
+
+# torch >= 2.5 names it torch.OutOfMemoryError; before, torch.cuda.OutOfMemoryError (the same class).
+_TORCH_OOM = getattr(torch, "OutOfMemoryError", None) or torch.cuda.OutOfMemoryError
+
+
+class CommandError(Exception):
+    """An expected failure, already phrased for the reader: main prints it as one ``error:`` line."""
 
 
 def _command_line(argv: list[str]) -> str:
     return "python -m attn_course " + " ".join(shlex.quote(a) for a in argv)
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {value}")
+    return value
+
+
+# --------------------------------------------------------------------------- error messages
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+_UNSAFE_ADVICE = re.compile(r"weights_only\W*(?:set to\W*|=\W*)False", re.IGNORECASE)
+
+
+def _one_line(text: str) -> str:
+    """``text`` as one line, without torch's advice to load files with ``weights_only=False``.
+
+    That advice means running whatever code a file holds: a course file never needs it,
+    so it is never relayed.
+    """
+    text = _ANSI.sub("", text)
+    if "Weights only load failed" in text:
+        head = text.split("Weights only load failed", 1)[0]
+        detail = text.split("WeightsUnpickler error:", 1)[1] if "WeightsUnpickler error:" in text else ""
+        detail = " ".join(re.split(r"\s(?:Please use|Check the documentation)", detail, maxsplit=1)[0].split())
+        text = (head + "it holds something other than tensors and plain values"
+                + (f" ({detail.rstrip('.')})" if detail else "")
+                + "; it is not a file written by attn_course, or it is damaged")
+    sentences = re.split(r"(?<=[.!?])\s+", " ".join(text.split()))
+    return " ".join(s for s in sentences if not _UNSAFE_ADVICE.search(s))
+
+
+def _os_error_text(error: OSError) -> str:
+    """An ``OSError`` as text that names its file (``Permission denied: runs/x.pt``)."""
+    if error.filename is not None and error.strerror:
+        where = f"{error.filename}" + (f" -> {error.filename2}" if error.filename2 is not None else "")
+        return f"{error.strerror}: {where}"
+    return str(error) or error.__class__.__name__
+
+
+def _naming(path: Path, error: OSError) -> str:
+    """A failed write of ``path`` as text that names it (``CheckpointError`` does already)."""
+    text = _os_error_text(error)
+    return text if str(path) in text else f"cannot write {path}: {text}"
+
+
+def _is_out_of_memory(error: BaseException) -> bool:
+    if isinstance(error, (_TORCH_OOM, MemoryError)):
+        return True
+    text = str(error).lower()
+    return isinstance(error, RuntimeError) and any(
+        sign in text for sign in ("out of memory", "not enough memory", "can't allocate memory",
+                                  "cannot allocate memory", "defaultcpuallocator"))
+
+
+def _out_of_memory_text(error: BaseException, args: argparse.Namespace) -> str:
+    """Which device ran out of memory, how much was asked for, and what to do."""
+    text = _ANSI.sub("", str(error))
+    if isinstance(error, MemoryError) or "DefaultCPUAllocator" in text or "cannot allocate memory" in text.lower():
+        where = "cpu (main memory)"
+    elif "MPS" in text:
+        where = "mps"
+    elif isinstance(error, _TORCH_OOM) or "CUDA" in text:
+        gpu = re.search(r"GPU (\d+)", text)
+        try:
+            index = int(gpu[1]) if gpu else torch.cuda.current_device()
+            name = torch.cuda.get_device_name(index)
+        except (RuntimeError, AssertionError):  # no CUDA here (a test), or it cannot answer any more
+            index, name = (int(gpu[1]) if gpu else 0), "GPU"
+        where = f"cuda:{index} ({name})"
+    else:
+        where = getattr(args, "device", None) or "the device"
+    asked = re.search(r"[Tt]ried to allocate (\d+) bytes|[Tt]ried to allocate ([\d.]+ ?[KMGT]?i?B)", text)
+    amount = (f"{int(asked[1]) / 2**30:.2f} GiB" if asked[1] else asked[2]) if asked else None
+    line = f"out of memory on {where}" + (f" (it tried to allocate {amount})" if amount else "")
+    model = getattr(args, "model", None)
+    if args.command == "train":
+        batch = getattr(args, "batch_size", None)
+        now = f"this run used {batch}" if batch is not None else "this run used the recipe's default"
+        return f"{line} while training {model}: try a smaller --batch-size ({now})"
+    doing = f"{args.command} {model}" if model else args.command
+    return f"{line} while running {doing}: try another --device (e.g. --device cpu) or free memory"
 
 
 def cmd_info(args: argparse.Namespace) -> int:
@@ -39,17 +151,30 @@ def cmd_info(args: argparse.Namespace) -> int:
     from .data import data_root, verify_mnist
     from .registry import all_specs
 
-    print(banner())
+    def shown(describe) -> str:
+        """What ``describe()`` says, or the problem: info reports problems, it never fails on them."""
+        try:
+            return describe()
+        except (ValueError, OSError) as error:
+            return "error: " + (_os_error_text(error) if isinstance(error, OSError) else _one_line(str(error)))
+
+    try:
+        print(banner())
+    except (ValueError, OSError):
+        pass  # the device and profile lines below say what is wrong
     print(f"attn_course {__version__} at {Path(__file__).resolve().parent}")
     print(f"python {platform.python_version()} ({sys.executable})")
     print(f"torch {torch.__version__}; cuda available: {torch.cuda.is_available()}")
-    print(f"device: {device_description(get_device())}; profile: {get_profile()}")
-    root = data_root()
-    print(f"data root: {root}")
-    for name, status in verify_mnist().items():
-        print(f"  mnist/{name}: {status}")
+    print(f"device: {shown(lambda: device_description(get_device()))}; profile: {shown(get_profile)}")
+    print(f"data root: {shown(lambda: str(data_root()))}")
+    try:
+        statuses = verify_mnist()  # never raises for a file: "ok", "missing" or the file's problem
+    except (ValueError, OSError) as error:
+        statuses = {"*": f"error: {error}"}
+    for name, status in statuses.items():
+        print(f"  mnist/{name}: {_one_line(status)}")
     print("models: " + ", ".join(f"{s.name} ({'|'.join(s.tasks)})" for s in all_specs()))
-    print("pretrained: " + (", ".join(available_pretrained()) or "none"))
+    print("pretrained: " + shown(lambda: ", ".join(available_pretrained()) or "none"))
     return 0
 
 
@@ -64,46 +189,65 @@ def _with_attention_flag(spec, args: argparse.Namespace) -> str | None:
     return task
 
 
+def _unfinished_run(spec, task: str) -> dict:
+    """What a training state of this command must hold to be resumed by it: model, task and config."""
+    return {"model": spec.name, "task": task, "model_config": dict(spec.model_config(task))}
+
+
 def cmd_train(args: argparse.Namespace, argv: list[str]) -> int:
-    from .checkpoints import pretrained_name, save_pretrained
-    from .registry import get_spec
+    from .checkpoints import check_writable, output_lock, pretrained_name, save_pretrained
+    from .registry import check_resumable, get_spec, takes_extra_state
 
     spec = get_spec(args.model)
     task = spec.check_task(_with_attention_flag(spec, args))
     profile = get_profile(args.profile)
     device = get_device(args.device)
-    out = Path(args.out) if args.out else Path("runs") / f"{pretrained_name(spec.name, task)}.pt"
+    out = Path(args.out) if args.out is not None else Path("runs") / f"{pretrained_name(spec.name, task)}.pt"
     if out.suffix != ".pt":
         raise ValueError(f"--out must name a .pt file, got {out}")
     state_path = out.with_suffix(".state")
-    print(banner(profile, device))
-    model, result, data_description = spec.train(task, profile=profile, device=device, seed=args.seed,
-                                                 checkpoint_path=state_path, progress=not args.no_progress,
-                                                 steps=args.steps,
-                                                 **({"batch_size": args.batch_size} if args.batch_size else {}))
-    if result.interrupted:
-        print(f"not finished; resume with: {_command_line(argv)}")
-        return 130
-    metrics, count = spec.evaluate(model, task, device)
-    card = {
-        "model": spec.name,
-        "task": task,
-        "description": spec.description,
-        "data": data_description,
-        "metrics": metrics,
-        "test_examples": count,
-        "steps": result.step,
-        "wall_time_s": round(result.wall_time, 1),
-        "profile": profile,
-        "seed": args.seed,
-        "hardware": device_description(device),
-        "software": {"attn_course": __version__, "torch": torch.__version__, "python": platform.python_version()},
-        "command": _command_line(argv),
-        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "history": result.history.state_dict(),
-    }
-    weights, card_path = save_pretrained(model, spec.model_config(task), card, out)
-    state_path.unlink(missing_ok=True)
+    run = _unfinished_run(spec, task)
+    check_writable(out)  # before the first step: an unwritable --out must not cost a training run
+    with output_lock(out):  # a second run on the same --out stops here, before it writes anything
+        check_resumable(state_path, run)  # a state left by another model, task or config is not resumed
+        print(banner(profile, device))
+        try:
+            model, result, data_description = spec.train(
+                task, profile=profile, device=device, seed=args.seed, checkpoint_path=state_path,
+                progress=not args.no_progress, steps=args.steps,
+                **({"batch_size": args.batch_size} if args.batch_size is not None else {}),
+                # fit stores the run in the training state and checks it on resume (recipes that take it)
+                **({"extra_state": run} if takes_extra_state(spec) else {}))
+        except NonFiniteLossError as error:
+            kept = f"; the last saved state is kept in {state_path}" if state_path.exists() else ""
+            raise CommandError(f"training {spec.name} on {task} stopped: {error}{kept}") from error
+        if result.interrupted:
+            print(f"not finished; resume with: {_command_line(argv)}")
+            return 130
+        metrics, count = spec.evaluate(model, task, device)
+        card = {
+            "model": spec.name,
+            "task": task,
+            "description": spec.description,
+            "data": data_description,
+            "metrics": metrics,
+            "test_examples": count,
+            "steps": result.step,
+            "wall_time_s": round(result.wall_time, 1),
+            "profile": profile,
+            "seed": args.seed,
+            "hardware": device_description(device),
+            "software": {"attn_course": __version__, "torch": torch.__version__, "python": platform.python_version()},
+            "command": _command_line(argv),
+            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "history": result.history.state_dict(),
+        }
+        try:
+            weights, card_path = save_pretrained(model, spec.model_config(task), card, out)
+        except OSError as error:
+            raise CommandError(f"{_naming(out, error)}; the trained state is kept in {state_path}: "
+                               "run the same command again to write it") from error
+        state_path.unlink(missing_ok=True)
     print(f"saved {weights} and {card_path}")
     print(json.dumps({"model": spec.name, "task": task, "metrics": metrics, "test_examples": count,
                       "steps": result.step, "wall_time_s": round(result.wall_time, 1)}))
@@ -116,7 +260,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     spec = get_spec(args.model)
     task = spec.check_task(_with_attention_flag(spec, args))
     device = get_device(args.device)
-    if args.checkpoint:
+    if args.checkpoint is not None:
         model = load_model_file(spec, task, Path(args.checkpoint), device)
     else:
         model = load_pretrained(spec.name, task, device)
@@ -126,17 +270,22 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_ship(args: argparse.Namespace, argv: list[str]) -> int:
-    from .checkpoints import FILE_KEYS, PRETRAINED_DIR, WEIGHT_DTYPES, pretrained_name, read_card, save_pretrained
+    from .checkpoints import (FILE_KEYS, PRETRAINED_DIR, WEIGHT_DTYPES, check_writable, pretrained_name, read_card,
+                              save_pretrained)
     from .registry import get_spec, load_model_file
 
     spec = get_spec(args.model)
     task = spec.check_task(_with_attention_flag(spec, args))
     source = Path(args.checkpoint)
-    card = read_card(source)
+    # a card that is not JSON, not an object, lacks model, task or metrics, or does not match the weights
+    # beside it is an error naming it; everything is checked before anything is written
+    card = read_card(source, verify=True)
     if (card.get("model"), card.get("task")) != (spec.name, task):
         raise ValueError(f"{source.name} holds model {card.get('model')!r} for task {card.get('task')!r}, "
                          f"expected {spec.name!r} for {task!r}")
     device = get_device(args.device)
+    target = (Path(args.to) if args.to is not None else PRETRAINED_DIR) / f"{pretrained_name(spec.name, task)}.pt"
+    check_writable(target)
     model = load_model_file(spec, task, source, device)
     weights_dtype = "float16" if args.float16 else "float32"
     dtype = WEIGHT_DTYPES[weights_dtype]  # evaluate the weights the shipped file will hold
@@ -146,8 +295,10 @@ def cmd_ship(args: argparse.Namespace, argv: list[str]) -> int:
     shipped_card = {**kept, "metrics": metrics, "test_examples": count, "shipped_with": _command_line(argv)}
     if args.float16:
         shipped_card["metrics_float32"] = card["metrics"]
-    target = (Path(args.to) if args.to else PRETRAINED_DIR) / f"{pretrained_name(spec.name, task)}.pt"
-    weights, card_path = save_pretrained(model, spec.model_config(task), shipped_card, target, weights_dtype)
+    try:
+        weights, card_path = save_pretrained(model, spec.model_config(task), shipped_card, target, weights_dtype)
+    except OSError as error:
+        raise CommandError(_naming(target, error)) from error
     print(f"saved {weights} ({weights.stat().st_size / 2**20:.2f} MiB, {weights_dtype}) and {card_path}")
     print(json.dumps({"model": spec.name, "task": task, "metrics": metrics, "test_examples": count,
                       "trained_metrics": card["metrics"], "weights_dtype": weights_dtype}))
@@ -163,10 +314,10 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--task", "--variant", dest="task", help="the task or model variant (e.g. translated60, soft)")
     train.add_argument("--profile", choices=["quick", "full"])
     train.add_argument("--out", help="where to write the weights (.pt); the card goes beside it (.json)")
-    train.add_argument("--seed", type=int, default=0)
-    train.add_argument("--steps", type=int, help="training steps (default: the profile's)")
-    train.add_argument("--batch-size", type=int, help="examples per step (default: the recipe's; on a GPU a larger "
-                       "batch costs little time per step)")
+    train.add_argument("--seed", type=_non_negative_int, default=0)
+    train.add_argument("--steps", type=_positive_int, help="training steps (default: the profile's)")
+    train.add_argument("--batch-size", type=_positive_int, help="examples per step (default: the recipe's; on a GPU "
+                       "a larger batch costs little time per step)")
     train.add_argument("--no-attention", action="store_true", help="the variant without attention (r2am)")
     train.add_argument("--device")
     train.add_argument("--no-progress", action="store_true", help="no progress bar (for logs)")
@@ -188,8 +339,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one command; an expected failure is one ``error: ...`` line on stderr and exit status 2.
+
+    Expected: bad arguments, unknown names, missing or unreadable files, a model card or
+    checkpoint that is not what it should be, an output another run holds, an output that
+    cannot be written, running out of memory, a training loss that stopped being finite.
+    Anything else is a bug and keeps its traceback.
+    """
     argv = list(sys.argv[1:] if argv is None else argv)
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)  # a bad argument: argparse's usage and error line
+    except SystemExit as stop:
+        return 0 if stop.code is None else stop.code
     try:
         if args.command == "info":
             return cmd_info(args)
@@ -198,9 +359,21 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "ship":
             return cmd_ship(args, argv)
         return cmd_evaluate(args)
-    except (ValueError, FileNotFoundError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except (CommandError, NonFiniteLossError) as error:
+        message = _one_line(str(error))
+    except (_TORCH_OOM, MemoryError, RuntimeError) as error:
+        if not _is_out_of_memory(error):
+            raise  # a RuntimeError that is not about memory is a bug
+        message = _out_of_memory_text(error, args)
+    except OSError as error:  # FileNotFoundError, PermissionError, a full disk, CheckpointError, ...
+        message = _one_line(_os_error_text(error))
+    except ValueError as error:  # bad names and values, corrupt files, OutputLockedError, ...
+        message = _one_line(str(error))
+    print(f"error: {message}", file=sys.stderr)
+    return 2
 
 
 if __name__ == "__main__":

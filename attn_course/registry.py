@@ -7,8 +7,10 @@ train MODEL --task T`` and ``evaluate MODEL --task T`` look models up by name.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -23,9 +25,12 @@ class ModelSpec:
 
     ``model_config(task)`` gives the config the model is built from (a dict of JSON
     values); ``build(config)`` makes the ``nn.Module``; ``train(task, profile, device,
-    seed, checkpoint_path, progress, steps, batch_size)`` trains from scratch and returns ``(model,
-    TrainResult, data_description)``; ``evaluate(model, task, device)`` returns
-    ``(metrics, num_examples)`` on the task's test set.
+    seed, checkpoint_path, progress, steps, batch_size, extra_state)`` trains from scratch and
+    returns ``(model, TrainResult, data_description)`` (``steps`` and ``batch_size``: ``None`` or
+    absent means the recipe's own; ``extra_state``, if the recipe takes it, goes to
+    :func:`~attn_course.train.fit`, which stores it in the training state and checks it on
+    resume); ``evaluate(model, task, device)`` returns ``(metrics, num_examples)`` on the
+    task's test set.
     """
 
     name: str
@@ -114,3 +119,51 @@ def load_model_file(spec: ModelSpec, task: str, path, device: torch.device | str
     except RuntimeError as error:
         raise ValueError(f"the weights in {path} do not fit model {spec.name!r} built from {config}: {error}") from error
     return model.to(device).eval()
+
+
+# --------------------------------------------------------------------------- the run a training state belongs to
+
+
+def takes_extra_state(spec: ModelSpec) -> bool:
+    """Whether ``spec.train`` accepts ``extra_state`` (to pass on to :func:`~attn_course.train.fit`)."""
+    try:
+        parameters = inspect.signature(spec.train).parameters.values()
+    except (TypeError, ValueError):
+        return False
+    return any(p.name == "extra_state" or p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters)
+
+
+def _describe_run(run: Mapping[str, Any]) -> str:
+    return f"{run.get('model')!r} for {run.get('task')!r}"
+
+
+def check_resumable(state_path: str | Path, run: Mapping[str, Any]) -> None:
+    """Refuse, before any training, to resume a training state that another model or task left.
+
+    ``run`` is what the command line passes as ``extra_state`` (``{"model", "task",
+    "model_config"}``) and :func:`~attn_course.train.fit` stores as the state's ``extra``.
+    Model and task are compared here; ``fit`` compares the whole ``extra`` (the model config
+    too) when it resumes. A state that does not record its run so (written by a recipe that
+    does not pass ``extra_state`` on, or from a notebook), or that cannot be read here, is
+    left to ``fit``, which reads it again and says what is wrong.
+    """
+    from .checkpoints import load_state_file
+
+    state_path = Path(state_path)
+    if not state_path.is_file():
+        return
+    try:
+        state = load_state_file(state_path)
+    except (ValueError, OSError):
+        return
+    if not isinstance(state, Mapping):
+        return
+    saved = state.get("extra")
+    if not isinstance(saved, Mapping) or "model" not in saved:
+        return
+    differ = [key for key in ("model", "task") if key in saved and saved[key] != run.get(key)]
+    if differ:
+        raise ValueError(
+            f"{state_path} holds an unfinished run of {_describe_run(saved)}, not of {_describe_run(run)}: "
+            f"resume it with its own command, choose another --out, or delete {state_path} to start afresh"
+        )

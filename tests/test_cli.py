@@ -79,7 +79,7 @@ def test_train_passes_variant_and_batch_size_to_the_recipe(monkeypatch, tmp_path
 
     class Recorder:
         name, description = spec.name, spec.description
-        check_task = staticmethod(spec.check_task)
+        check_task, model_config = staticmethod(spec.check_task), staticmethod(spec.model_config)
 
         @staticmethod
         def train(task, **kwargs):
@@ -90,6 +90,9 @@ def test_train_passes_variant_and_batch_size_to_the_recipe(monkeypatch, tmp_path
     out = str(tmp_path / "x.pt")
     assert main(["train", "fc", "--variant", "translated60", "--batch-size", "512", "--out", out]) == 2
     assert seen["task"] == "translated60" and seen["batch_size"] == 512
+    # the run goes into the training state, so that a resume by another model, task or config is refused
+    assert seen["extra_state"] == {"model": "fc", "task": "translated60",
+                                   "model_config": spec.model_config("translated60")}
     seen.clear()
     assert main(["train", "fc", "--task", "mnist28", "--out", out]) == 2
     assert seen["task"] == "mnist28" and "batch_size" not in seen  # the recipe's own default
@@ -103,7 +106,7 @@ def test_no_attention_flag_selects_the_noattn_variant(monkeypatch, tmp_path, cap
 
     class Recorder:
         name, description, tasks, default_task = spec.name, spec.description, spec.tasks, spec.default_task
-        check_task = staticmethod(spec.check_task)
+        check_task, model_config = staticmethod(spec.check_task), staticmethod(spec.model_config)
 
         @staticmethod
         def train(task, **kwargs):
@@ -153,3 +156,381 @@ def test_ship_rounds_to_float16_and_re_evaluates_the_card(tmp_path, capsys):
     assert main(["ship", "fc", "--task", "translated60", "--checkpoint", str(trained), "--to", str(tmp_path / "x")]) == 2
     assert "expected 'fc' for 'translated60'" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
+
+
+# --------------------------------------------------------------------------- one clear line for every expected failure
+
+
+def error_line(capsys, *argv):
+    """Run ``main(argv)``: it must exit 2 with one ``error:`` line on stderr and no traceback; returns that line."""
+    code = main(list(argv))
+    captured = capsys.readouterr()
+    assert code == 2, captured
+    assert "Traceback" not in captured.out + captured.err
+    lines = captured.err.strip().splitlines()
+    assert lines and lines[-1].startswith(("error: ", "python -m attn_course")), captured.err
+    assert "error: " in lines[-1]
+    return lines[-1]
+
+
+def fake_spec(monkeypatch, train=None, evaluate=None):
+    """Put a spec with fc's tasks and config but the given ``train`` (and ``evaluate``) in the registry."""
+    import attn_course.registry as registry
+
+    spec = get_spec("fc")
+    calls = []
+    fake_evaluate = evaluate
+
+    def default_train(task, **kwargs):
+        raise AssertionError("the recipe must not be called")
+
+    class Fake:
+        name, description, tasks, default_task = spec.name, spec.description, spec.tasks, spec.default_task
+        check_task, model_config, build = (staticmethod(spec.check_task), staticmethod(spec.model_config),
+                                           staticmethod(spec.build))
+
+        @staticmethod
+        def train(task, **kwargs):
+            calls.append(dict(kwargs, task=task))
+            return (train or default_train)(task, **kwargs)
+
+        evaluate = staticmethod(fake_evaluate or spec.evaluate)
+
+    monkeypatch.setattr(registry, "get_spec", lambda name: Fake)
+    return calls
+
+
+@pytest.mark.parametrize("flag", ["--steps", "--batch-size"])
+@pytest.mark.parametrize("value", ["0", "-3"])
+def test_steps_and_batch_size_below_one_are_refused(monkeypatch, tmp_path, capsys, flag, value):
+    calls = fake_spec(monkeypatch)
+    line = error_line(capsys, "train", "fc", flag, value, "--out", str(tmp_path / "x.pt"))
+    assert line.endswith(f"error: argument {flag}: expected a positive integer, got {value}")
+    assert calls == [] and not (tmp_path / "x.pt").exists()
+    line = error_line(capsys, "train", "fc", flag, "many", "--out", str(tmp_path / "x.pt"))
+    assert line.endswith(f"error: argument {flag}: expected a positive integer, got 'many'")
+
+
+def test_steps_and_batch_size_of_one_reach_the_recipe(monkeypatch, tmp_path, capsys):
+    def train(task, **kwargs):
+        raise ValueError("recorded")
+
+    calls = fake_spec(monkeypatch, train)
+    assert "recorded" in error_line(capsys, "train", "fc", "--steps", "1", "--batch-size", "1",
+                                    "--out", str(tmp_path / "x.pt"))
+    assert calls[0]["steps"] == 1 and calls[0]["batch_size"] == 1
+
+
+def test_an_unknown_device_lists_the_valid_ones(capsys, monkeypatch):
+    monkeypatch.delenv("ATTN_COURSE_DEVICE", raising=False)
+    line = error_line(capsys, "evaluate", "fc", "--device", "tpu")
+    assert line == "error: unknown device 'tpu'; valid devices: cpu, cuda, cuda:N (N = 0, 1, ...), mps"
+    monkeypatch.setenv("ATTN_COURSE_DEVICE", "tpu")
+    assert "unknown device 'tpu' (from ATTN_COURSE_DEVICE)" in error_line(capsys, "evaluate", "fc")
+
+
+def test_info_reports_a_bad_device_variable_and_goes_on(capsys, monkeypatch):
+    monkeypatch.setenv("ATTN_COURSE_DEVICE", "tpu")
+    assert main(["info"]) == 0
+    captured = capsys.readouterr()
+    assert "device: error: unknown device 'tpu' (from ATTN_COURSE_DEVICE)" in captured.out
+    assert "models: " in captured.out and "Traceback" not in captured.out + captured.err
+
+
+@pytest.mark.parametrize("error, where", [
+    (torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a total capacity of "
+                                 "79.1 GiB of which 1.2 GiB is free."), "cuda:0"),
+    (RuntimeError("[enforce fail at alloc_cpu.cpp:117] data. DefaultCPUAllocator: not enough memory: you tried to "
+                  "allocate 4294967296 bytes."), "cpu"),
+    (MemoryError(), "cpu"),
+    (RuntimeError("MPS backend out of memory (MPS allocated: 8.00 GB, other allocations: 1 GB)"), "mps"),
+])
+def test_out_of_memory_names_the_device_and_suggests_a_smaller_batch(monkeypatch, tmp_path, capsys, error, where):
+    def train(task, **kwargs):
+        raise error
+
+    fake_spec(monkeypatch, train)
+    line = error_line(capsys, "train", "fc", "--batch-size", "4096", "--out", str(tmp_path / "x.pt"))
+    assert line.startswith(f"error: out of memory on {where}")
+    assert "while training fc: try a smaller --batch-size (this run used 4096)" in line
+    if "2.00 GiB" in str(error):
+        assert "it tried to allocate 2.00 GiB" in line
+    line = error_line(capsys, "train", "fc", "--out", str(tmp_path / "x.pt"))
+    assert line.endswith("try a smaller --batch-size (this run used the recipe's default)")
+
+
+def test_out_of_memory_in_evaluate_suggests_another_device(monkeypatch, capsys):
+    def evaluate(model, task, device):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 MiB. GPU 1 has ...")
+
+    fake_spec(monkeypatch, evaluate=evaluate)
+    line = error_line(capsys, "evaluate", "fc", "--device", "cpu")
+    assert line.startswith("error: out of memory on cuda:1") and "--device cpu" in line
+
+
+def test_programming_errors_keep_their_traceback(monkeypatch, tmp_path):
+    for error in (TypeError("a bug"), RuntimeError("shape mismatch: a bug, not memory"), KeyError("bug")):
+        def train(task, error=error, **kwargs):
+            raise error
+
+        fake_spec(monkeypatch, train)
+        with pytest.raises(type(error)):
+            main(["train", "fc", "--out", str(tmp_path / "x.pt")])
+
+
+def test_a_non_finite_loss_is_one_line_naming_the_step(monkeypatch, tmp_path, capsys):
+    from attn_course.train import TrainConfig, fit
+
+    def train(task, checkpoint_path=None, **kwargs):  # a real fit whose loss turns NaN at its third step
+        model = torch.nn.Linear(1, 1)
+
+        def loss_fn(model, step):
+            loss = model(torch.ones(1, 1)).sum() * 0
+            return (loss + float("nan") if step >= 3 else loss), {}
+
+        steps = iter(range(1, 100))
+        return fit(model, lambda generator, batch_size: next(steps), loss_fn, TrainConfig(steps=10, checkpoint_every=1),
+                   checkpoint_path=checkpoint_path, progress=False)
+
+    fake_spec(monkeypatch, train)
+    out = tmp_path / "x.pt"
+    line = error_line(capsys, "train", "fc", "--out", str(out))
+    assert line.startswith("error: training fc on mnist28 stopped: the training loss became nan at step 3 (of 10)")
+    assert line.endswith(f"the last saved state is kept in {out.with_suffix('.state')}")
+    assert not out.exists()
+
+
+@pytest.fixture
+def damaged_data(tmp_path, monkeypatch):
+    """A data root whose image files are damaged: train images garbage, test images truncated."""
+    from attn_course.data.mnist import MNIST_FILES
+
+    root = tmp_path / "data"
+    (root / "mnist").mkdir(parents=True)
+    for key, spec in MNIST_FILES.items():
+        (root / "mnist" / spec.name).symlink_to(Path(DATA, "mnist", spec.name).resolve())
+    (root / "mnist" / MNIST_FILES["train-images"].name).unlink()
+    (root / "mnist" / MNIST_FILES["train-images"].name).write_bytes(b"this is not a gzip file" * 10)
+    test_images = root / "mnist" / MNIST_FILES["test-images"].name
+    raw = test_images.read_bytes()
+    test_images.unlink()
+    test_images.write_bytes(raw[:5000])
+    monkeypatch.setenv("ATTN_COURSE_DATA", str(root))
+    return root / "mnist"
+
+
+@needs_mnist
+def test_a_damaged_data_file_is_named_by_train_evaluate_and_info(damaged_data, tmp_path, capsys):
+    line = error_line(capsys, "train", "fc", "--steps", "1", "--device", "cpu", "--no-progress",
+                      "--out", str(tmp_path / "fc.pt"))
+    assert line.startswith(f"error: {damaged_data / 'train-images-idx3-ubyte.gz'} is not a complete gzip file")
+    assert not (tmp_path / "fc.pt").exists()
+    assert main(["info"]) == 0  # info reports each file's problem and carries on
+    captured = capsys.readouterr()
+    assert "Traceback" not in captured.out + captured.err
+    out = captured.out
+    assert "mnist/train-images-idx3-ubyte.gz: corrupt: " in out and "mnist/t10k-images-idx3-ubyte.gz: corrupt: " in out
+    assert "mnist/train-labels-idx1-ubyte.gz: ok" in out and "mnist/t10k-labels-idx1-ubyte.gz: ok" in out
+    assert "models: " in out and "pretrained: " in out
+    train_images = damaged_data / "train-images-idx3-ubyte.gz"
+    train_images.unlink()
+    train_images.symlink_to(Path(DATA, "mnist", train_images.name).resolve())  # repaired: the test images are next
+    line = error_line(capsys, "evaluate", "fc", "--device", "cpu")
+    assert line.startswith(f"error: {damaged_data / 't10k-images-idx3-ubyte.gz'} is not a complete gzip file "
+                           "(EOFError: Compressed file ended before the end-of-stream marker was reached)")
+
+
+def test_info_reports_a_data_file_it_cannot_read(tmp_path, monkeypatch, capsys):
+    (tmp_path / "mnist" / "train-images-idx3-ubyte.gz").mkdir(parents=True)  # a folder in its place
+    monkeypatch.setenv("ATTN_COURSE_DATA", str(tmp_path))
+    assert main(["info"]) == 0
+    out = capsys.readouterr().out
+    assert f"mnist/train-images-idx3-ubyte.gz: unreadable: {tmp_path / 'mnist' / 'train-images-idx3-ubyte.gz'}" in out
+    assert "mnist/t10k-labels-idx1-ubyte.gz: missing" in out and "models: " in out
+
+
+def trained_file(tmp_path, card=None):
+    spec = get_spec("fc")
+    torch.manual_seed(0)
+    model = spec.build(spec.model_config("mnist28"))
+    card = {"model": "fc", "task": "mnist28", "metrics": {"error": 0.5, "accuracy": 0.5}} if card is None else card
+    path, card_path = save_pretrained(model, spec.model_config("mnist28"), card, tmp_path / "runs" / "fc.pt")
+    return path, card_path
+
+
+@pytest.mark.parametrize("text, says", [
+    ("[1, 2, 3]", "JSON list"),
+    ('{"model": "fc", ', "invalid JSON"),
+    ('"fc"', "JSON str"),
+])
+def test_ship_refuses_a_malformed_card_naming_it_before_writing(tmp_path, capsys, text, says):
+    path, card_path = trained_file(tmp_path)
+    card_path.write_text(text)
+    to = tmp_path / "shipped"
+    line = error_line(capsys, "ship", "fc", "--task", "mnist28", "--checkpoint", str(path), "--to", str(to))
+    assert line.startswith(f"error: {card_path} is not a model card") and says in line
+    assert not to.exists()
+
+
+def test_ship_refuses_a_card_without_metrics_before_writing(tmp_path, capsys):
+    path, card_path = trained_file(tmp_path, {"model": "fc", "task": "mnist28", "steps": 3})
+    to = tmp_path / "shipped"
+    line = error_line(capsys, "ship", "fc", "--task", "mnist28", "--checkpoint", str(path), "--float16",
+                      "--to", str(to))
+    assert line.startswith(f"error: {card_path} is not a complete model card") and "metrics" in line
+    assert not to.exists()  # neither the .pt nor the card
+
+
+def test_ship_refuses_weights_that_do_not_match_their_card(tmp_path, capsys):
+    path, card_path = trained_file(tmp_path)
+    spec = get_spec("fc")
+    save_pretrained(spec.build(spec.model_config("mnist28")), spec.model_config("mnist28"), {}, tmp_path / "other.pt")
+    path.write_bytes((tmp_path / "other.pt").read_bytes())  # new weights beside the old card
+    to = tmp_path / "shipped"
+    line = error_line(capsys, "ship", "fc", "--task", "mnist28", "--checkpoint", str(path), "--to", str(to))
+    assert str(path) in line and str(card_path) in line and "do not belong together" in line
+    assert not to.exists()
+
+
+def test_ship_refuses_an_unwritable_target_before_evaluating(tmp_path, capsys, monkeypatch):
+    path, _ = trained_file(tmp_path)
+    (tmp_path / "a-file").write_text("in the way")
+    fake_spec(monkeypatch, evaluate=lambda *a: pytest.fail("evaluated before the target was checked"))
+    to = tmp_path / "a-file" / "shipped"
+    line = error_line(capsys, "ship", "fc", "--task", "mnist28", "--checkpoint", str(path), "--to", str(to))
+    assert line.startswith(f"error: cannot write {to / 'fc-mnist28.pt'}")
+
+
+def test_unsafe_load_advice_is_never_relayed(tmp_path, monkeypatch, capsys):
+    import attn_course.registry as registry
+
+    from fractions import Fraction  # any Python object that is not plain data
+
+    spec = get_spec("fc")
+    path = tmp_path / "planted.pt"
+    torch.save({"model_config": spec.model_config("mnist28"), "state_dict": {"w": Fraction(1, 3)}}, path)
+    line = error_line(capsys, "evaluate", "fc", "--checkpoint", str(path), "--device", "cpu")
+    assert str(path) in line and "weights_only" not in line
+    torch_text = (  # what torch.load says when it refuses a file, as a wrapped error relays it
+        f"cannot read checkpoint {path}: UnpicklingError: Weights only load failed. This file can still be loaded, "
+        "to do so you have two options, \x1b[1mdo those steps only if you trust the source of the checkpoint\x1b[0m. "
+        "\n\t(1) In PyTorch 2.6, we changed the default value of the `weights_only` argument in `torch.load` from "
+        "`False` to `True`. Re-running `torch.load` with `weights_only` set to `False` will likely succeed, but it can "
+        "result in arbitrary code execution. Do it only if you got the file from a trusted source.\n\t(2) "
+        "Alternatively, to load with `weights_only=True` please check the recommended steps in the following error "
+        "message.\n\tWeightsUnpickler error: Unsupported global: GLOBAL __main__.Planted was not an allowed global by "
+        "default. Please use `torch.serialization.add_safe_globals([__main__.Planted])` or the "
+        "`torch.serialization.safe_globals([__main__.Planted])` context manager to allowlist this global if you "
+        "trust this class/function.\n\nCheck the documentation of torch.load to learn more about types accepted by "
+        "default with weights_only https://pytorch.org/docs/stable/generated/torch.load.html.")
+
+    def load_model_file(*args):
+        raise ValueError(torch_text)
+
+    monkeypatch.setattr(registry, "load_model_file", load_model_file)
+    line = error_line(capsys, "evaluate", "fc", "--checkpoint", str(path), "--device", "cpu")
+    assert line.startswith(f"error: cannot read checkpoint {path}: UnpicklingError: it holds something other than")
+    assert "Unsupported global: GLOBAL __main__.Planted" in line
+    assert "weights_only" not in line and "add_safe_globals" not in line and "\x1b" not in line
+    monkeypatch.setattr(registry, "load_model_file", lambda *a: (_ for _ in ()).throw(ValueError(
+        f"cannot read {path}. Re-running `torch.load` with `weights_only=False` will likely succeed. It is damaged.")))
+    line = error_line(capsys, "evaluate", "fc", "--checkpoint", str(path))
+    assert line == f"error: cannot read {path}. It is damaged."
+
+
+def test_an_unwritable_out_is_found_before_training(monkeypatch, tmp_path, capsys):
+    calls = fake_spec(monkeypatch)
+    (tmp_path / "a-file").write_text("in the way")
+    out = tmp_path / "a-file" / "fc.pt"
+    line = error_line(capsys, "train", "fc", "--out", str(out))
+    assert line.startswith(f"error: cannot write {out}: files cannot be created in the folder {out.parent}")
+    assert calls == []
+
+
+def test_a_second_run_on_the_same_out_is_refused(monkeypatch, tmp_path, capsys):
+    calls = fake_spec(monkeypatch)
+    out = tmp_path / "fc.pt"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys\nfrom attn_course.checkpoints import output_lock\n"
+                               "with output_lock(sys.argv[1]):\n    print('held', flush=True)\n    sys.stdin.read()\n",
+         str(out)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        line = error_line(capsys, "train", "fc", "--out", str(out))
+    finally:
+        holder.stdin.close()
+        holder.wait(timeout=60)
+    assert line.startswith(f"error: {out} is locked: another process (pid {holder.pid}) is writing it")
+    assert calls == [] and not out.exists()
+
+
+def test_a_state_of_another_run_is_not_resumed(monkeypatch, tmp_path, capsys):
+    calls = fake_spec(monkeypatch)
+    out = tmp_path / "fc.pt"
+    conv = get_spec("conv")
+    torch.save({"format": "attn_course.train/1", "step": 5,
+                "extra": {"model": "conv", "task": "mnist28", "model_config": conv.model_config("mnist28")}},
+               out.with_suffix(".state"))
+    line = error_line(capsys, "train", "fc", "--out", str(out))
+    assert line.startswith(f"error: {out.with_suffix('.state')} holds an unfinished run of 'conv' for 'mnist28'")
+    assert "not of 'fc' for 'mnist28'" in line and calls == []
+    fc = get_spec("fc")
+    torch.save({"format": "attn_course.train/1", "step": 5,
+                "extra": {"model": "fc", "task": "translated60", "model_config": fc.model_config("translated60")}},
+               out.with_suffix(".state"))
+    line = error_line(capsys, "train", "fc", "--task", "cluttered60", "--out", str(out))
+    assert "unfinished run of 'fc' for 'translated60', not of 'fc' for 'cluttered60'" in line and calls == []
+    with pytest.raises(AssertionError, match="must not be called"):  # its own run goes on to the recipe
+        main(["train", "fc", "--task", "translated60", "--out", str(out)])
+
+
+@pytest.mark.parametrize("error, says", [
+    (OSError(28, "No space left on device", "RUN.state"), "error: No space left on device: RUN.state"),
+    ("checkpoint", "error: could not save RUN.state: no space left on device; the last good file at that path is kept"),
+])
+def test_a_failed_save_while_training_names_the_file(monkeypatch, tmp_path, capsys, error, says):
+    from attn_course.checkpoints import CheckpointError
+
+    state = str(tmp_path / "fc.state")
+    if error == "checkpoint":
+        error = CheckpointError(f"could not save {state}: no space left on device; the last good file at that path "
+                                "is kept")
+    else:
+        error.filename = state
+
+    def train(task, **kwargs):
+        raise error
+
+    fake_spec(monkeypatch, train)
+    assert error_line(capsys, "train", "fc", "--out", str(tmp_path / "fc.pt")) == says.replace("RUN.state", state)
+
+
+def test_a_failed_final_save_keeps_the_state_and_says_so(monkeypatch, tmp_path, capsys):
+    import attn_course.checkpoints as checkpoints
+    from attn_course.history import History
+    from attn_course.train import TrainResult
+
+    spec = get_spec("fc")
+
+    def train(task, checkpoint_path=None, **kwargs):
+        return spec.build(spec.model_config(task)), TrainResult(History(), 3, 0.1), "fake data"
+
+    def save_pretrained(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    fake_spec(monkeypatch, train, evaluate=lambda *a: ({"accuracy": 0.5}, 10))
+    monkeypatch.setattr(checkpoints, "save_pretrained", save_pretrained)
+    out = tmp_path / "fc.pt"
+    line = error_line(capsys, "train", "fc", "--out", str(out))
+    assert line == (f"error: cannot write {out}: [Errno 28] No space left on device; the trained state is kept in "
+                    f"{out.with_suffix('.state')}: run the same command again to write it")
+
+
+@pytest.mark.slow
+def test_errors_are_one_line_without_traceback_from_the_shell(tmp_path):
+    env = {**os.environ, "ATTN_COURSE_DEVICE": "tpu"}
+    run = subprocess.run([sys.executable, "-m", "attn_course", "train", "fc", "--out", str(tmp_path / "x.pt")],
+                         capture_output=True, text=True, env=env, timeout=300)
+    assert run.returncode == 2 and "Traceback" not in run.stderr
+    assert run.stderr.strip() == ("error: unknown device 'tpu' (from ATTN_COURSE_DEVICE); valid devices: cpu, cuda, "
+                                  "cuda:N (N = 0, 1, ...), mps")

@@ -36,6 +36,25 @@ def test_device_choice(monkeypatch):
             runtime.get_device("cuda")
 
 
+@pytest.mark.parametrize("name", ["tpu", "xla", "meta", "cuda:x", "cuda:-1", "cpu:1", "gpu", "cuda0"])
+def test_an_unknown_device_is_a_value_error_listing_the_valid_ones(monkeypatch, name):
+    monkeypatch.delenv("ATTN_COURSE_DEVICE", raising=False)
+    with pytest.raises(ValueError, match=rf"unknown device '{name}'; valid devices: cpu, cuda, "
+                                         r"cuda:N .*, mps"):
+        runtime.get_device(name)
+
+
+def test_device_names_are_read_leniently_and_errors_say_where_they_came_from(monkeypatch):
+    monkeypatch.setenv("ATTN_COURSE_DEVICE", "tpu")
+    with pytest.raises(ValueError, match=r"unknown device 'tpu' \(from ATTN_COURSE_DEVICE\)"):
+        runtime.get_device()
+    assert runtime.get_device(" CPU ") == torch.device("cpu")  # the argument wins over the variable
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    beyond = f"cuda:{count}"  # one past the last GPU, or any GPU where there is none
+    with pytest.raises(ValueError, match=f"{beyond}.*(this machine has {count} CUDA device|CUDA is not available)"):
+        runtime.get_device(beyond)
+
+
 def test_seed_everything_repeats_all_generators():
     def draw():
         return random.random(), np.random.rand(), torch.rand(1).item()

@@ -116,8 +116,17 @@ def _fetch(url: str, timeout: float = 30.0) -> bytes:
 
 def _download(spec: MNISTFile, directory: Path) -> list[str]:
     """Try every mirror for ``spec``; place the first verified copy atomically. Returns the failures."""
-    failures = []
-    for mirror in MIRRORS:
+    return _download_from(MIRRORS, spec, directory)[1]
+
+
+def _download_from(mirrors: tuple[str, ...], spec: MNISTFile, directory: Path) -> tuple[bool, list[str], list[str]]:
+    """Try ``mirrors`` in turn for ``spec``; place the first verified copy atomically.
+
+    Returns ``(done, failures, silent)``: whether a verified copy is in place, what each
+    failed mirror said, and the mirrors that did not answer at all (no connection, a timeout).
+    """
+    failures, silent = [], []
+    for mirror in mirrors:
         url = mirror + spec.name
         try:
             print(f"downloading {url}", file=sys.stderr, flush=True)
@@ -125,6 +134,9 @@ def _download(spec: MNISTFile, directory: Path) -> list[str]:
             verified_payload(raw, spec, url)  # nothing is written unless it is the right file
         except (urllib.error.URLError, http.client.HTTPException, OSError, ValueError) as error:
             failures.append(f"{url}: {error}")
+            answered = isinstance(error, (urllib.error.HTTPError, http.client.HTTPException, ValueError))
+            if not answered:
+                silent.append(mirror)
             continue
         directory.mkdir(parents=True, exist_ok=True)
         handle, tmp = tempfile.mkstemp(prefix=f".{spec.name}.", suffix=".part", dir=directory)
@@ -137,18 +149,21 @@ def _download(spec: MNISTFile, directory: Path) -> list[str]:
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
-        return []
-    return failures
+        return True, [], silent
+    return False, failures, silent
 
 
 def _not_found_message(directory: Path, missing: list[str], failures: list[str]) -> str:
     names = "\n".join(f"  {spec.name}" for spec in MNIST_FILES.values())
+    env = os.environ.get(DATA_ENV)
+    where = f"{DATA_ENV}={env}" if env else f"{DATA_ENV} is not set, so the data root is {DEFAULT_ROOT}"
     lines = [
-        f"MNIST files missing from {directory}: {', '.join(missing)}.",
+        f"MNIST files missing from {directory}: {', '.join(missing)} ({where}).",
         "The course needs these four files there:",
         names,
-        "They could not be downloaded (no network?). Provide them by copying the four .gz files into that "
-        f"directory, or point the course at a folder that holds mnist/<file>.gz, e.g. {DATA_ENV}=../shared/data.",
+        "They could not be downloaded (no network?). Copy the four .gz files into "
+        f"{directory}{os.sep}, or set {DATA_ENV} to a folder that holds them as mnist/<file>.gz "
+        f"(e.g. {DATA_ENV}=../shared/data for ../shared/data/mnist/{MNIST_FILES['train-images'].name}).",
     ]
     if failures:
         lines.append("Download attempts:\n" + "\n".join(f"  {f}" for f in failures[:6]))
@@ -156,20 +171,25 @@ def _not_found_message(directory: Path, missing: list[str], failures: list[str])
 
 
 def ensure_mnist(root: str | os.PathLike | None = None, download: bool = True) -> Path:
-    """Make sure the four files are present under ``root/mnist`` (downloading them if allowed)."""
+    """Make sure the four files are present under ``root/mnist`` (downloading them if allowed).
+
+    On a network that swallows connections every attempt waits for its timeout, so a
+    mirror that did not answer is tried last for the files after, and when every mirror
+    fails for a file the remaining files are not tried at all: one round of failures
+    gives the error, which says where to put the files.
+    """
     directory = mnist_dir(root)
-    missing = [spec for spec in MNIST_FILES.values() if not (directory / spec.name).is_file()]
+    missing = [spec for spec in MNIST_FILES.values() if not (directory / spec.name).exists()]
     if not missing:
         return directory
-    failures: list[str] = []
-    still_missing = []
-    for spec in missing:
-        attempt = _download(spec, directory) if download else ["download=False"]
-        if attempt:
-            failures += attempt
-            still_missing.append(spec.name)
-    if still_missing:
-        raise MNISTNotFoundError(_not_found_message(directory, still_missing, failures))
+    if not download:
+        raise MNISTNotFoundError(_not_found_message(directory, [spec.name for spec in missing], ["download=False"]))
+    mirrors = MIRRORS
+    for index, spec in enumerate(missing):
+        done, failures, silent = _download_from(mirrors, spec, directory)
+        if not done:
+            raise MNISTNotFoundError(_not_found_message(directory, [s.name for s in missing[index:]], failures))
+        mirrors = (*(m for m in mirrors if m not in silent), *(m for m in mirrors if m in silent))
     return directory
 
 
@@ -180,13 +200,15 @@ def verify_mnist(root: str | os.PathLike | None = None) -> dict[str, str]:
     for spec in MNIST_FILES.values():
         path = directory / spec.name
         if not path.is_file():
-            status[spec.name] = "missing"
+            status[spec.name] = "missing" if not path.exists() else f"unreadable: {path} is not a file"
             continue
         try:
             verified_payload(path.read_bytes(), spec, str(path))
             status[spec.name] = "ok"
         except MNISTChecksumError as error:
             status[spec.name] = f"corrupt: {error}"
+        except OSError as error:  # a folder by that name, no permission, an I/O error
+            status[spec.name] = f"unreadable: {path}: {error.strerror or error}"
     return status
 
 
@@ -214,7 +236,11 @@ _CACHE: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
 
 
 def _read(path: Path, spec: MNISTFile) -> np.ndarray:
-    return parse_idx(verified_payload(path.read_bytes(), spec, str(path)), str(path))
+    try:
+        raw = path.read_bytes()
+    except OSError as error:  # no permission, an I/O error: an error that names the file
+        raise MNISTChecksumError(f"cannot read {path}: {error.strerror or error}") from error
+    return parse_idx(verified_payload(raw, spec, str(path)), str(path))
 
 
 def load_mnist(

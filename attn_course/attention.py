@@ -42,9 +42,12 @@ def glimpse_theta(x, y, scale, angle, height: int, width: int, batch: int, like:
     ``(dcol, drow) = (s / 2) R(a) (W u, H v)`` with ``R(a)`` the rotation matrix, which is why
     ``r`` appears: the normalised coordinates stretch differently along the two axes.
     """
+    for name, value in (("height", height), ("width", width)):
+        if int(value) != value or value < 1:
+            raise ValueError(f"{name} must be a positive number of pixels, got {value!r}")
     x, y, s, a = (_per_sample(v, batch, like, n) for v, n in ((x, "x"), (y, "y"), (scale, "scale"), (angle, "angle")))
     if torch.any(s <= 0):
-        raise ValueError("scale must be positive (the fraction of the image side the glimpse spans)")
+        raise ValueError(f"scale must be positive (the fraction of the image side the glimpse spans), got {s.tolist()}")
     r = height / width
     cos, sin = torch.cos(a), torch.sin(a)
     row_x = torch.stack([s * cos, -s * r * sin, x], dim=-1)
@@ -83,6 +86,8 @@ def glimpse_corners(x, y, scale, angle, height: int, width: int) -> torch.Tensor
     """
     like = torch.zeros((), dtype=torch.float32)
     batch = max(torch.as_tensor(v).numel() for v in (x, y, scale, angle))
+    if batch == 0:
+        raise ValueError("x, y, scale and angle must hold at least one glimpse, got empty tensors")
     theta = glimpse_theta(x, y, scale, angle, height, width, batch, like)
     corners = torch.tensor([[-1.0, -1.0, 1.0], [1.0, -1.0, 1.0], [1.0, 1.0, 1.0], [-1.0, 1.0, 1.0]])
     normalised = torch.einsum("bij,kj->bki", theta, corners)

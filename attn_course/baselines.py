@@ -30,6 +30,7 @@ class FullyConnected(nn.Module):
 
     def __init__(self, image_size: int, hidden: int = 256, num_classes: int = NUM_CLASSES):
         super().__init__()
+        _check_sizes(image_size=image_size, hidden=hidden, num_classes=num_classes)
         self.image_size = image_size
         self.net = nn.Sequential(
             nn.Flatten(),
@@ -52,6 +53,8 @@ class Convolutional(nn.Module):
     def __init__(self, image_size: int, filters: int = 8, kernel: int = 10, stride: int = 5, hidden: int = 256,
                  num_classes: int = NUM_CLASSES):
         super().__init__()
+        _check_sizes(image_size=image_size, filters=filters, kernel=kernel, stride=stride, hidden=hidden,
+                     num_classes=num_classes)
         if kernel > image_size:
             raise ValueError(f"kernel {kernel} is larger than the image ({image_size}x{image_size})")
         self.image_size = image_size
@@ -67,6 +70,12 @@ class Convolutional(nn.Module):
         return self.out(F.relu(self.hidden(features)))
 
 
+def _check_sizes(**sizes: int) -> None:
+    for name, value in sizes.items():
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be a positive int, got {value!r}")
+
+
 def _check_images(images: torch.Tensor, size: int) -> None:
     if images.dim() != 4 or images.shape[1] != 1 or images.shape[2:] != (size, size):
         raise ValueError(f"expected images of shape (B, 1, {size}, {size}), got {tuple(images.shape)}")
@@ -78,6 +87,9 @@ def _check_images(images: torch.Tensor, size: int) -> None:
 def classification_loss(model: nn.Module, batch: Mapping[str, torch.Tensor]):
     """Cross-entropy, with the batch accuracy as a metric."""
     logits = model(batch["images"])
+    if batch["labels"].shape != logits.shape[:1]:
+        raise ValueError(f"expected labels of shape ({logits.shape[0]},), one per image, got "
+                         f"{tuple(batch['labels'].shape)}")
     loss = F.cross_entropy(logits, batch["labels"])
     accuracy = (logits.argmax(-1) == batch["labels"]).float().mean()
     return loss, {"accuracy": accuracy}
@@ -99,6 +111,8 @@ def test_accuracy(model: nn.Module, task) -> tuple[float, int]:
 
 def _make_spec(name: str, description: str, cls) -> ModelSpec:
     def model_config(task: str) -> dict[str, Any]:
+        if task not in VARIANT_SIZES:
+            raise ValueError(f"unknown task {task!r} for {name!r}; choose one of: {', '.join(VARIANT_SIZES)}")
         return {"kind": name, "image_size": VARIANT_SIZES[task]}
 
     def build(config: Mapping[str, Any]) -> nn.Module:
@@ -107,20 +121,27 @@ def _make_spec(name: str, description: str, cls) -> ModelSpec:
         return cls(int(config["image_size"]))
 
     def train(task: str, profile: str | None = None, device=None, seed: int = 0, checkpoint_path=None,
-              progress: bool = True, steps: int | None = None, batch_size: int = 128) -> tuple[nn.Module, TrainResult, str]:
+              progress: bool = True, steps: int | None = None,
+              batch_size: int | None = None, extra_state=None) -> tuple[nn.Module, TrainResult, str]:
         from .data.tasks import MNISTVariantTask
         from .runtime import get_device
 
+        for arg, value in (("steps", steps), ("batch_size", batch_size)):
+            if value is not None and value < 1:
+                raise ValueError(f"{arg} must be a positive int (or None for the recipe's default), got {value}")
         device = torch.device(device) if device is not None else get_device()
         profile = get_profile(profile)
         torch.manual_seed(seed)
         model = build(model_config(task)).to(device)
         data = MNISTVariantTask(task, device=device)
-        config = TrainConfig(steps=steps or pick(1500, 20_000, profile), batch_size=batch_size, lr=1e-3, seed=seed,
+        steps = pick(1500, 20_000, profile) if steps is None else steps
+        batch_size = 128 if batch_size is None else batch_size
+        config = TrainConfig(steps=steps, batch_size=batch_size, lr=1e-3, seed=seed,
                              log_every=50, checkpoint_every=500)
         result = fit(model, data.sample, classification_loss, config, device=device,
                      evaluate=lambda m: {"accuracy": test_accuracy(m, data)[0]},
-                     checkpoint_path=checkpoint_path, progress=progress, desc=f"{name} on {task}")
+                     checkpoint_path=checkpoint_path, progress=progress, desc=f"{name} on {task}",
+                     extra_state=extra_state)
         description = f"MNIST train split, variant {task} generated per batch (seed drawn from the run's generator)"
         return model, result, description
 

@@ -95,6 +95,8 @@ def grid_centres(g: torch.Tensor, delta: torch.Tensor, N: int) -> torch.Tensor:
     """mu^i = g + (i - N/2 - 0.5) delta for i = 1..N (equation (2.7)); ``g``, ``delta`` (batch,) -> (batch, N)."""
     if N < 2:
         raise ValueError(f"the grid needs N >= 2, got N = {N}")
+    if g.dim() != 1 or delta.shape != g.shape:
+        raise ValueError(f"expected g and delta of shape (batch,), got {tuple(g.shape)} and {tuple(delta.shape)}")
     i = torch.arange(1, N + 1, dtype=g.dtype, device=g.device)
     return g[:, None] + (i - N / 2 - 0.5) * delta[:, None]
 
@@ -103,15 +105,36 @@ def filterbank(g_X: torch.Tensor, g_Y: torch.Tensor, delta: torch.Tensor, sigma2
                B: int, eps: float = 1e-8) -> tuple[torch.Tensor, torch.Tensor]:
     """F_X (batch, N, A) and F_Y (batch, N, B): Gaussian rows, each normalised to sum 1 (equation (2.8)).
 
-    All parameters have shape (batch,), in pixel units with pixels counted from 1.
+    All parameters have shape (batch,), in pixel units with pixels counted from 1; ``delta``
+    and ``sigma2`` must be positive, all of them finite.
     ``eps`` keeps a row that lies entirely off the image (all its weights underflow to 0)
     at zero instead of dividing by zero.
     """
     for name, value in (("g_X", g_X), ("g_Y", g_Y), ("delta", delta), ("sigma2", sigma2)):
-        if value.dim() != 1 or value.shape != g_X.shape:
-            raise ValueError(f"expected {name} of shape (batch,) like g_X {tuple(g_X.shape)}, got {tuple(value.shape)}")
+        if not isinstance(value, torch.Tensor) or value.dim() != 1 or value.shape != g_X.shape:
+            raise ValueError(f"expected {name} as a tensor of shape (batch,) like g_X {tuple(g_X.shape)}, got "
+                             f"{tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__}")
+        if not torch.isfinite(value).all():
+            raise ValueError(f"{name} must be finite, got {value.tolist()}")
+    for name, value in (("delta", delta), ("sigma2", sigma2)):
+        if not (value > 0).all():
+            raise ValueError(f"{name} must be positive, got {value.tolist()}")
     if N < 2:
         raise ValueError(f"the filterbank needs N >= 2, got N = {N}")
+    _check_image_size(A, B)
+    return _filterbank(g_X, g_Y, delta, sigma2, N, A, B, eps)
+
+
+def _check_image_size(A: int, B: int) -> None:
+    for name, value in (("A", A), ("B", B)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} (image {'width' if name == 'A' else 'height'} in pixels) must be a positive "
+                             f"int, got {value!r}")
+
+
+def _filterbank(g_X: torch.Tensor, g_Y: torch.Tensor, delta: torch.Tensor, sigma2: torch.Tensor, N: int, A: int,
+                B: int, eps: float = 1e-8) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`filterbank` without the checks (the model's windows are valid by construction: exp(...) > 0)."""
     mu_X, mu_Y = grid_centres(g_X, delta, N), grid_centres(g_Y, delta, N)  # (batch, N)
     a = torch.arange(1, A + 1, dtype=g_X.dtype, device=g_X.device)
     b = torch.arange(1, B + 1, dtype=g_X.dtype, device=g_X.device)
@@ -130,6 +153,7 @@ def attention_window(params: torch.Tensor, N: int, A: int, B: int) -> Window:
         raise ValueError(f"expected attention parameters of shape (batch, 5), got {tuple(params.shape)}")
     if N < 2:
         raise ValueError(f"the attention window needs N >= 2, got N = {N}")
+    _check_image_size(A, B)
     g_X_tilde, g_Y_tilde, log_sigma2, log_delta_tilde, log_gamma = params.unbind(-1)
     return Window(
         g_X=(A + 1) / 2 * (g_X_tilde + 1),
@@ -150,16 +174,31 @@ def read(x: torch.Tensor, x_hat: torch.Tensor, F_X: torch.Tensor, F_Y: torch.Ten
     """read with attention, gamma [F_Y x F_X^T, F_Y x^ F_X^T] (equation (2.10)): two N x N patches per image.
 
     ``x``, ``x_hat`` (batch, B, A); ``F_X`` (batch, N, A); ``F_Y`` (batch, N, B); ``gamma``
-    (batch,). Returns (batch, 2, N, N), by batched matrix products.
+    (batch,), positive. Returns (batch, 2, N, N), by batched matrix products.
     """
     _check_image(x, "x")
     if x_hat.shape != x.shape:
         raise ValueError(f"expected x_hat of the shape of x {tuple(x.shape)}, got {tuple(x_hat.shape)}")
     batch, B, A = x.shape
-    N = F_X.shape[1]
+    N = F_X.shape[1] if F_X.dim() == 3 else -1
     if F_X.shape != (batch, N, A) or F_Y.shape != (batch, N, B):
         raise ValueError(f"expected F_X of shape ({batch}, N, {A}) and F_Y ({batch}, N, {B}) for images (B, A) = "
                          f"({B}, {A}), got {tuple(F_X.shape)} and {tuple(F_Y.shape)}")
+    _check_gamma(gamma, batch)
+    return _read(x, x_hat, F_X, F_Y, gamma)
+
+
+def _check_gamma(gamma: torch.Tensor, batch: int) -> None:
+    if not isinstance(gamma, torch.Tensor) or gamma.shape != (batch,):
+        raise ValueError(f"expected gamma as a tensor of shape ({batch},), got "
+                         f"{tuple(gamma.shape) if isinstance(gamma, torch.Tensor) else type(gamma).__name__}")
+    if not (torch.isfinite(gamma) & (gamma > 0)).all():
+        raise ValueError(f"gamma must be positive and finite, got {gamma.tolist()}")
+
+
+def _read(x: torch.Tensor, x_hat: torch.Tensor, F_X: torch.Tensor, F_Y: torch.Tensor,
+          gamma: torch.Tensor) -> torch.Tensor:
+    """:func:`read` without the checks."""
     both = torch.stack([x, x_hat], 1)  # (batch, 2, B, A)
     patches = F_Y[:, None] @ both @ F_X[:, None].transpose(-1, -2)  # (batch, 2, N, N)
     return gamma[:, None, None, None] * patches
@@ -174,9 +213,15 @@ def write(w: torch.Tensor, F_X: torch.Tensor, F_Y: torch.Tensor, gamma: torch.Te
     if w.dim() != 3 or w.shape[1] != w.shape[2]:
         raise ValueError(f"expected a write patch w of shape (batch, N, N), got {tuple(w.shape)}")
     batch, N = w.shape[:2]
-    if F_X.shape[:2] != (batch, N) or F_Y.shape[:2] != (batch, N):
+    if F_X.dim() != 3 or F_Y.dim() != 3 or F_X.shape[:2] != (batch, N) or F_Y.shape[:2] != (batch, N):
         raise ValueError(f"expected F_X (batch, {N}, A) and F_Y (batch, {N}, B) for a {N} x {N} patch, got "
                          f"{tuple(F_X.shape)} and {tuple(F_Y.shape)}")
+    _check_gamma(gamma, batch)
+    return _write(w, F_X, F_Y, gamma)
+
+
+def _write(w: torch.Tensor, F_X: torch.Tensor, F_Y: torch.Tensor, gamma: torch.Tensor) -> torch.Tensor:
+    """:func:`write` without the checks."""
     return F_Y.transpose(-1, -2) @ w @ F_X / gamma[:, None, None]
 
 
@@ -190,6 +235,11 @@ def read_no_attention(x: torch.Tensor, x_hat: torch.Tensor) -> torch.Tensor:
 
 def read_loop(x: torch.Tensor, x_hat: torch.Tensor, window: Window, N: int) -> torch.Tensor:
     """The same as :func:`read` after :func:`filterbank`, one image at a time with Python loops: for tests and benchmarks."""
+    _check_image(x, "x")
+    if x_hat.shape != x.shape:
+        raise ValueError(f"expected x_hat of the shape of x {tuple(x.shape)}, got {tuple(x_hat.shape)}")
+    if N < 2:
+        raise ValueError(f"the filterbank needs N >= 2, got N = {N}")
     batch, B, A = x.shape
     out = x.new_zeros(batch, 2, N, N)
     for n in range(batch):
@@ -222,6 +272,8 @@ class DRAW(nn.Module):
 
     def __init__(self, config: DRAWConfig = CPU_CONFIG):
         super().__init__()
+        if not isinstance(config, DRAWConfig):
+            raise TypeError(f"config must be a DRAWConfig, got {type(config).__name__}")
         self.config = c = config
         read_size = 2 * c.read_N ** 2 if c.attention else 2 * c.A * c.B
         write_size = c.write_N ** 2 if c.attention else c.A * c.B
@@ -257,8 +309,8 @@ class DRAW(nn.Module):
         if not c.attention:
             return read_no_attention(x, x_hat).flatten(1), None
         window = attention_window(self.read_attention(h_dec), c.read_N, c.A, c.B)
-        F_X, F_Y = filterbank(window.g_X, window.g_Y, window.delta, window.sigma2, c.read_N, c.A, c.B)
-        return read(x, x_hat, F_X, F_Y, window.gamma).flatten(1), window
+        F_X, F_Y = _filterbank(window.g_X, window.g_Y, window.delta, window.sigma2, c.read_N, c.A, c.B)
+        return _read(x, x_hat, F_X, F_Y, window.gamma).flatten(1), window
 
     def write_step(self, h_dec: torch.Tensor) -> tuple[torch.Tensor, Window | None]:
         """write(h^dec_t), (batch, B, A), and its window (None without attention)."""
@@ -267,8 +319,8 @@ class DRAW(nn.Module):
         if not c.attention:
             return w.view(-1, c.B, c.A), None
         window = attention_window(self.write_attention(h_dec), c.write_N, c.A, c.B)
-        F_X, F_Y = filterbank(window.g_X, window.g_Y, window.delta, window.sigma2, c.write_N, c.A, c.B)
-        return write(w.view(-1, c.write_N, c.write_N), F_X, F_Y, window.gamma), window
+        F_X, F_Y = _filterbank(window.g_X, window.g_Y, window.delta, window.sigma2, c.write_N, c.A, c.B)
+        return _write(w.view(-1, c.write_N, c.write_N), F_X, F_Y, window.gamma), window
 
     def _zeros(self, batch: int, size: int, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         zeros = like.new_zeros(batch, size)
@@ -332,8 +384,8 @@ class DRAW(nn.Module):
         Returns ``canvases`` sigmoid(c_t) for every step (T, n, B, A) (the last one is the
         Bernoulli mean of the image), and with attention ``write_windows`` (T, n, 5).
         """
-        if n < 1:
-            raise ValueError(f"generate needs n >= 1, got {n}")
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise ValueError(f"generate needs n >= 1 (an int), got {n!r}")
         c = self.config
         like = self.Q.weight
         where = generator.device if generator is not None else like.device
@@ -359,6 +411,8 @@ class DRAW(nn.Module):
 
 def gaussian_kl(mu: torch.Tensor, log_sigma: torch.Tensor) -> torch.Tensor:
     """KL(N(mu, sigma^2) || N(0, 1)) = 1/2 (mu^2 + sigma^2 - log sigma^2 - 1), elementwise (equation (2.2))."""
+    if mu.shape != log_sigma.shape:
+        raise ValueError(f"expected mu and log_sigma of one shape, got {tuple(mu.shape)} and {tuple(log_sigma.shape)}")
     return 0.5 * (mu ** 2 + torch.exp(2 * log_sigma) - 2 * log_sigma - 1)
 
 
@@ -391,8 +445,8 @@ def importance_sampled_log_likelihood(model: DRAW, images: torch.Tensor, K: int,
 
     Its expectation lies above the bound -L for every K and tends to log p(x) as K grows.
     """
-    if K < 1:
-        raise ValueError(f"K must be at least 1, got {K}")
+    if isinstance(K, bool) or not isinstance(K, int) or K < 1:
+        raise ValueError(f"K (importance samples) must be an int >= 1, got {K!r}")
     batch = images.shape[0]
     repeated = images.repeat_interleave(K, 0)
     out = model(repeated, generator=generator)
@@ -433,6 +487,8 @@ def evaluate_bound(model: DRAW, data, seed: int = EVAL_SEED, batch_size: int = 1
     The noise comes from a CPU generator seeded with ``seed``, so the number is the same on
     every device (up to rounding).
     """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be positive, got {batch_size}")
     was_training = model.training
     model.eval()
     generator = torch.Generator().manual_seed(seed)
@@ -460,24 +516,35 @@ def _build(config: Mapping[str, Any]) -> DRAW:
 def train_draw(task: str = "mnist", profile: str | None = None, device=None, seed: int = 0, checkpoint_path=None,
                progress: bool = True, steps: int | None = None, attention: bool = True,
                config: DRAWConfig | None = None, lr: float = LEARNING_RATE,
-               batch_size: int = BATCH_SIZE) -> tuple[DRAW, TrainResult, str]:
+               batch_size: int | None = None, extra_state=None) -> tuple[DRAW, TrainResult, str]:
     """Train DRAW from scratch on dynamically binarised MNIST by minimising L = L^x + L^z with Adam.
 
     ``config`` overrides the task's configuration (the notebook trains a smaller one);
-    ``lr`` is Adam's initial learning rate, decayed to 1e-5 on a cosine. Mixed precision stays off on
-    a GPU: the bound sums hundreds of per-pixel and per-step terms, and the LSTMs are small.
+    ``lr`` is Adam's initial learning rate, decayed to 1e-5 on a cosine; ``steps`` defaults to the
+    profile's, ``batch_size`` to :data:`BATCH_SIZE`. Mixed precision stays off on a GPU: the bound sums
+    hundreds of per-pixel and per-step terms, and the LSTMs are small.
     """
     from .data.binarized import BinarizedMNIST
     from .runtime import get_device
 
+    if task not in TRAINING:
+        raise ValueError(f"unknown DRAW task {task!r}; choose one of: {', '.join(TRAINING)}")
+    for name, value in (("steps", steps), ("batch_size", batch_size)):
+        if value is not None and value < 1:
+            raise ValueError(f"{name} must be a positive int (or None for the recipe's default), got {value}")
+    if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
+        raise ValueError(f"lr must be a positive number, got {lr!r}")
+    if config is not None and not isinstance(config, DRAWConfig):
+        raise TypeError(f"config must be a DRAWConfig or None, got {type(config).__name__}")
     device = torch.device(device) if device is not None else get_device()
     profile = get_profile(profile)
-    config = config or config_for(task, attention)
+    config = config_for(task, attention) if config is None else config
     torch.manual_seed(seed)
     model = DRAW(config).to(device)
     data = BinarizedMNIST(device=device)
     quick, full = TRAINING[task]
-    total = steps or pick(quick, full, profile)
+    total = pick(quick, full, profile) if steps is None else steps
+    batch_size = BATCH_SIZE if batch_size is None else batch_size
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total, eta_min=1e-5)
     train_config = TrainConfig(steps=total, batch_size=batch_size, lr=lr, seed=seed, log_every=25, amp=False,
@@ -487,7 +554,7 @@ def train_draw(task: str = "mnist", profile: str | None = None, device=None, see
     result = fit(model, data.sample, draw_loss, train_config, optimizer=optimizer, scheduler=scheduler,
                  device=device, evaluate=lambda m: {"nll_bound": evaluate_bound(m, data)["nll_bound"]},
                  checkpoint_path=checkpoint_path, progress=progress, desc=f"{name} (T={config.T}) on {task}",
-                 extra_state={"model_config": asdict(config)})
+                 extra_state={"model_config": asdict(config), **(extra_state or {})})
     description = ("MNIST train split, binarised dynamically (a fresh Bernoulli draw per batch, seeded from the "
                    "run's generator); test: the 10,000 MNIST test digits binarised once with the fixed seed "
                    "attn_course.data.binarized.TEST_SEED")
@@ -496,10 +563,10 @@ def train_draw(task: str = "mnist", profile: str | None = None, device=None, see
 
 def train_draw_noattn(task: str = "mnist", profile: str | None = None, device=None, seed: int = 0,
                       checkpoint_path=None, progress: bool = True, steps: int | None = None,
-                      batch_size: int = BATCH_SIZE):
+                      batch_size: int | None = None, extra_state=None):
     """:func:`train_draw` for DRAW without attention, trained the same way."""
     return train_draw(task, profile, device, seed, checkpoint_path, progress, steps, attention=False,
-                      batch_size=batch_size)
+                      batch_size=batch_size, extra_state=extra_state)
 
 
 def _evaluate(model: nn.Module, task: str, device) -> tuple[dict[str, float], int]:
@@ -532,6 +599,11 @@ def window_box(window: torch.Tensor | Window, N: int) -> torch.Tensor:
     reaches half a stride beyond the outer grid centres: centre (g_X, g_Y), side N delta.
     Pixel a (counted from 1) is centred at edge coordinate a - 0.5.
     """
+    if N < 1:
+        raise ValueError(f"N must be positive, got {N}")
+    if isinstance(window, torch.Tensor) and (window.dim() == 0 or window.shape[-1] != 5):
+        raise ValueError(f"expected a window of shape (..., 5) (g_X, g_Y, delta, sigma2, gamma), got "
+                         f"{tuple(window.shape)}")
     g_X, g_Y, delta = (window[..., k] for k in range(3)) if isinstance(window, torch.Tensor) else window[:3]
     half = N * delta / 2
     return torch.stack([g_X - 0.5 - half, g_Y - 0.5 - half, g_X - 0.5 + half, g_Y - 0.5 + half], -1)
@@ -539,6 +611,9 @@ def window_box(window: torch.Tensor | Window, N: int) -> torch.Tensor:
 
 def grid_points(window: torch.Tensor | Window, N: int) -> tuple[torch.Tensor, torch.Tensor]:
     """The grid centres (mu_X^i, mu_Y^j) of one window, as imshow coordinates (pixels counted from 0): (N,), (N,)."""
+    if not isinstance(window, Window) and torch.as_tensor(window).shape != (5,):
+        raise ValueError(f"expected one window of shape (5,) (g_X, g_Y, delta, sigma2, gamma), got "
+                         f"{tuple(torch.as_tensor(window).shape)}")
     values = window if isinstance(window, Window) else Window(*(torch.as_tensor(window)[..., k].reshape(1)
                                                                for k in range(5)))
     g_X, g_Y, delta = (v.reshape(1) for v in values[:3])

@@ -96,11 +96,21 @@ def _norms(channels: int, steps: int) -> nn.ModuleList:
     return nn.ModuleList(nn.BatchNorm2d(channels) for _ in range(steps))
 
 
+def _check_block(kind: str, channels: int, T: int) -> None:
+    if kind not in BLOCKS:
+        raise ValueError(f"unknown block {kind!r}; choose one of {BLOCKS}")
+    if channels < 1:
+        raise ValueError(f"channels must be positive, got {channels}")
+    if T < 0:
+        raise ValueError(f"T (steps after t = 0) must be >= 0, got {T}")
+
+
 class RecursiveBlock(nn.Module):
     """(4.1): one convolution w^hh applied T + 1 times; the input enters at t = 0 only."""
 
     def __init__(self, channels: int, T: int):
         super().__init__()
+        _check_block("recursive", channels, T)
         self.T = T
         self.w_hh = nn.Conv2d(channels, channels, 3, padding=1)
         self.norms = _norms(channels, T + 1)
@@ -119,6 +129,7 @@ class RecurrentBlock(nn.Module):
 
     def __init__(self, channels: int, T: int, tied: bool = True):
         super().__init__()
+        _check_block("recurrent", channels, T)
         self.T, self.tied = T, tied
         self.w_f = nn.Conv2d(channels, channels, 3, padding=1)
         count = min(T, 1) if tied else T
@@ -141,6 +152,7 @@ class PlainBlock(nn.Module):
 
     def __init__(self, channels: int, T: int):
         super().__init__()
+        _check_block("plain", channels, T)
         self.T = T
         self.convs = nn.ModuleList(nn.Conv2d(channels, channels, 3, padding=1) for _ in range(T + 1))
         self.norms = _norms(channels, T + 1)
@@ -154,6 +166,7 @@ class PlainBlock(nn.Module):
 
 
 def make_block(kind: str, channels: int, T: int, tied: bool = True) -> nn.Module:
+    """A block of ``kind`` (one of :data:`BLOCKS`) with ``channels`` channels and T + 1 convolutions."""
     if kind == "recursive":
         return RecursiveBlock(channels, T)
     if kind == "recurrent":
@@ -165,6 +178,9 @@ def make_block(kind: str, channels: int, T: int, tied: bool = True) -> nn.Module
 
 def block_parameters(kind: str, channels: int, T: int, tied: bool = True, kernel: int = 3) -> int:
     """The parameter count of a block, by formula (4.3): k^2 C^2 per convolution, C per bias, 2C per batch norm."""
+    _check_block(kind, channels, T)
+    if kernel < 1:
+        raise ValueError(f"kernel must be positive, got {kernel}")
     conv = kernel * kernel * channels * channels
     norms = 2 * channels * (T + 1)
     if kind == "recursive":
@@ -225,6 +241,8 @@ def receptive_field(T: int) -> int:
     recurrent block reaches as far, through its chain of w^r's; so the formula holds for all
     three blocks.
     """
+    if isinstance(T, bool) or not isinstance(T, int) or T < 0:
+        raise ValueError(f"T (steps after t = 0) must be an int >= 0, got {T!r}")
     r, j = 1, 1
     for kernel, stride in [(3, 2)] + [(3, 1)] * (T + 1) + [(2, 2), (3, 1)] + [(3, 1)] * (T + 1):
         r += (kernel - 1) * j
@@ -242,6 +260,8 @@ class R2AM(nn.Module):
 
     def __init__(self, config: R2AMConfig = R2AMConfig()):
         super().__init__()
+        if not isinstance(config, R2AMConfig):
+            raise TypeError(f"config must be an R2AMConfig, got {type(config).__name__}")
         self.config = c = config
         self.encoder = Encoder(c)
         self.f_init_h = nn.Linear(c.D, c.n)
@@ -325,9 +345,57 @@ def r2am_loss(model: R2AM, batch: Mapping[str, Any]):
 # --------------------------------------------------------------------------- D. reading and measuring
 
 
+POLARITIES = ("auto", "light_on_dark", "dark_on_light")
+
+
+def to_light_on_dark(images: torch.Tensor, polarity: str = "auto") -> torch.Tensor:
+    """Text lines as the readers were trained on them: light text on a dark background.
+
+    ``images`` (B, 1, H, W) in [0, 1]. ``polarity`` says what they show: "light_on_dark" (returned as
+    they are), "dark_on_light" (inverted, 1 - x: ordinary print), or "auto": each line is inverted when
+    its median pixel is above 1/2, i.e. when its background (most of a line's pixels) is light.
+    """
+    if polarity not in POLARITIES:
+        raise ValueError(f"polarity must be one of {', '.join(POLARITIES)}, got {polarity!r}")
+    if polarity == "light_on_dark":
+        return images
+    if polarity == "dark_on_light":
+        return 1 - images
+    light = images.flatten(1).median(1).values > 0.5  # (B,): a light background
+    return torch.where(light[:, None, None, None], 1 - images, images)
+
+
+def _check_lines(images) -> torch.Tensor:
+    """``images`` as float text lines (B, 1, 32, 100) in [0, 1] (uint8 0..255 is scaled), or a clear error."""
+    if not isinstance(images, torch.Tensor):
+        raise TypeError(f"images must be a torch.Tensor of shape (B, 1, {HEIGHT}, {WIDTH}), got "
+                        f"{type(images).__name__}")
+    if images.dim() != 4 or tuple(images.shape[1:]) != (1, HEIGHT, WIDTH) or len(images) == 0:
+        raise ValueError(f"images must be text lines of shape (B, 1, {HEIGHT}, {WIDTH}), got {tuple(images.shape)}")
+    if images.dtype == torch.uint8:
+        return images.float() / 255
+    if not images.is_floating_point():
+        raise TypeError(f"images must be floats in [0, 1] (or uint8 0..255), got {images.dtype}")
+    low, high = torch.aminmax(images)
+    if not (float(low) >= 0.0 and float(high) <= 1.0):  # also catches NaN
+        raise ValueError(f"images must lie in [0, 1], got values in [{float(low):g}, {float(high):g}]")
+    return images
+
+
 @torch.no_grad()
-def read(model: R2AM, images: torch.Tensor, beam_size: int = 1) -> dict[str, Any]:
-    """Decode text lines: ``texts``, ``tokens`` (B, steps) and ``alpha`` (B, steps, L) (greedy or beam search)."""
+def read(model: R2AM, images: torch.Tensor, beam_size: int = 1, polarity: str = "auto") -> dict[str, Any]:
+    """Decode text lines: ``texts``, ``tokens`` (B, steps) and ``alpha`` (B, steps, L) (greedy or beam search).
+
+    ``images`` (B, 1, 32, 100) in [0, 1]. The readers were trained on light text on a dark background;
+    ``polarity`` (see :func:`to_light_on_dark`) makes them read ordinary dark-on-light print too:
+    "auto" (the default) inverts each line whose background is light, "light_on_dark" and
+    "dark_on_light" say which the lines are.
+    """
+    if not isinstance(model, R2AM):
+        raise TypeError(f"model must be an R2AM, got {type(model).__name__}")
+    if isinstance(beam_size, bool) or not isinstance(beam_size, int) or beam_size < 1:
+        raise ValueError(f"beam_size must be a positive int, got {beam_size!r}")
+    images = to_light_on_dark(_check_lines(images), polarity)
     was_training = model.training
     model.eval()
     try:
@@ -343,12 +411,17 @@ def read(model: R2AM, images: torch.Tensor, beam_size: int = 1) -> dict[str, Any
 
 def column_centres(columns: int = WIDTH // 4) -> torch.Tensor:
     """x (in input pixels) of each column's centre: column i covers pixels 4i..4i+3."""
+    if columns < 1:
+        raise ValueError(f"columns must be positive, got {columns}")
     return torch.arange(columns, dtype=torch.float32) * (WIDTH / columns) + (WIDTH / columns - 1) / 2
 
 
 def alignment(alpha: torch.Tensor, centres: torch.Tensor) -> dict[str, torch.Tensor]:
     """Where each step looked: x^_t = sum_i alpha_ti x_i, and whether it is nearer the true centre of
     character t than to any other character's (``hit``), for the steps with a character (B, T)."""
+    if alpha.dim() != 3 or centres.dim() != 2 or centres.shape[0] != alpha.shape[0]:
+        raise ValueError(f"expected alpha (B, T, L) and centres (B, characters), got {tuple(alpha.shape)} and "
+                         f"{tuple(centres.shape)}")
     steps = min(alpha.shape[1], centres.shape[1])
     x = column_centres(alpha.shape[-1]).to(alpha.device)
     looked = (alpha[:, :steps] * x).sum(-1)  # (B, steps)
@@ -364,8 +437,13 @@ def character_error_rate(predictions: list[str], targets: list[str]) -> float:
     """Sum of Levenshtein distances over the sum of target lengths (rapidfuzz)."""
     from rapidfuzz.distance import Levenshtein
 
+    if isinstance(predictions, str) or isinstance(targets, str):
+        raise TypeError("predictions and targets must be lists of strings, not one string")
     if len(predictions) != len(targets) or not targets:
-        raise ValueError("expected as many predictions as targets, at least one")
+        raise ValueError(f"expected as many predictions as targets, at least one; got {len(predictions)} "
+                         f"predictions and {len(targets)} targets")
+    if not sum(len(t) for t in targets):
+        raise ValueError("targets are all empty strings: the character error rate is undefined")
     return sum(Levenshtein.distance(p, t) for p, t in zip(predictions, targets)) / sum(len(t) for t in targets)
 
 
@@ -375,13 +453,16 @@ def evaluate_reading(model: R2AM, data, splits=("test_words", "test_random"), be
     """Word accuracy, character error rate and (with attention) alignment accuracy on each split.
 
     Alignment is scored on the characters read correctly: the attended position x^_t must be
-    nearer the true centre of character t than to any other.
+    nearer the true centre of character t than to any other. ``splits`` may be one split's name.
     """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be positive, got {batch_size}")
+    splits = (splits,) if isinstance(splits, str) else splits
     out: dict[str, float] = {}
     for split in splits:
         predictions, targets, hits = [], [], []
         for batch in data.batches(split, batch_size):
-            result = read(model, batch["images"], beam_size)
+            result = read(model, batch["images"], beam_size, polarity="light_on_dark")  # rendered light on dark
             predictions += result["texts"]
             targets += batch["texts"]
             if model.config.attention == "soft":
@@ -431,7 +512,7 @@ def _build(config: Mapping[str, Any]) -> R2AM:
 def train_r2am(task: str = "recursive", profile: str | None = None, device=None, seed: int = 0,
                checkpoint_path=None, progress: bool = True, steps: int | None = None,
                batch_size: int | None = None, data=None, lr: float | None = None,
-               config: R2AMConfig | None = None) -> tuple[R2AM, TrainResult, str]:
+               config: R2AMConfig | None = None, extra_state=None) -> tuple[R2AM, TrainResult, str]:
     """Train R2AM (``task`` = block, with "-noattn" for no attention) on freshly rendered text lines.
 
     ``config`` replaces the registered configuration of ``task`` (e.g. ``R2AMConfig(T=3)``, or
@@ -444,17 +525,25 @@ def train_r2am(task: str = "recursive", profile: str | None = None, device=None,
     from .data.text_lines import TextLines
     from .runtime import get_device
 
+    if config is not None and not isinstance(config, R2AMConfig):
+        raise TypeError(f"config must be an R2AMConfig or None, got {type(config).__name__}")
+    model_config = {"kind": "r2am", **asdict(config)} if config is not None else _model_config(task)
+    for name, value in (("steps", steps), ("batch_size", batch_size)):
+        if value is not None and value < 1:
+            raise ValueError(f"{name} must be a positive int (or None for the recipe's default), got {value}")
+    if lr is not None and not lr > 0:
+        raise ValueError(f"lr must be positive (or None for the recipe's default), got {lr}")
     device = torch.device(device) if device is not None else get_device()
     profile = get_profile(profile)
     torch.manual_seed(seed)
-    model_config = {"kind": "r2am", **asdict(config)} if config is not None else _model_config(task)
     model = _build(model_config).to(device)
-    data = data or TextLines(device=device)
-    total = steps or pick(TRAINING["quick"], TRAINING["full"], profile)
-    lr = lr or TRAINING["lr"]
+    data = TextLines(device=device) if data is None else data
+    total = pick(TRAINING["quick"], TRAINING["full"], profile) if steps is None else steps
+    batch_size = TRAINING["batch"] if batch_size is None else batch_size
+    lr = TRAINING["lr"] if lr is None else lr
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total, eta_min=lr / 20)
-    config = TrainConfig(steps=total, batch_size=batch_size or TRAINING["batch"], lr=lr, seed=seed, log_every=25,
+    config = TrainConfig(steps=total, batch_size=batch_size, lr=lr, seed=seed, log_every=25,
                          clip_grad_norm=5.0, amp=False, eval_every=0, checkpoint_every=500 if total > 1000 else 0)
 
     def validate(m):
@@ -462,7 +551,7 @@ def train_r2am(task: str = "recursive", profile: str | None = None, device=None,
 
     result = fit(model, data.sample, r2am_loss, config, optimizer=optimizer, scheduler=scheduler, device=device,
                  evaluate=validate, checkpoint_path=checkpoint_path, progress=progress, desc=f"R2AM ({task})",
-                 extra_state={"model_config": model_config})
+                 extra_state={"model_config": model_config, **(extra_state or {})})
     return model, result, data.describe()
 
 

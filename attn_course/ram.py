@@ -76,13 +76,30 @@ TARGET_ERROR = {"mnist28": 0.013, "translated60": 0.016, "cluttered60": 0.05}
 # --------------------------------------------------------------------------- A. the glimpse sensor
 
 
-def _check_images_and_locations(images: torch.Tensor, l: torch.Tensor) -> None:
-    if images.dim() != 4:
-        raise ValueError(f"expected images of shape (B, C, H, W), got {tuple(images.shape)}")
-    if l.dim() != 2 or l.shape != (images.shape[0], 2):
-        raise ValueError(f"expected locations l of shape ({images.shape[0]}, 2), got {tuple(l.shape)}")
+def _check_sensor(images: torch.Tensor, l: torch.Tensor, glimpse_size: int, num_scales: int) -> None:
+    """The checks of :func:`glimpse_sensor`'s arguments (the model checks its own, once per forward pass)."""
+    if not isinstance(images, torch.Tensor) or images.dim() != 4:
+        raise ValueError(f"expected images of shape (B, C, H, W), got {_shape(images)}")
+    if not isinstance(l, torch.Tensor) or l.dim() != 2 or l.shape != (images.shape[0], 2):
+        raise ValueError(f"expected locations l of shape ({images.shape[0]}, 2), got {_shape(l)}")
+    _check_locations(l, "locations l")
+    for name, value in (("glimpse_size", glimpse_size), ("num_scales", num_scales)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be a positive int, got {value!r}")
+    height, width = images.shape[2:]
+    if glimpse_size * 2 ** (num_scales - 1) > 4 * max(height, width):
+        raise ValueError(f"the largest patch (glimpse_size {glimpse_size} x 2^(num_scales - 1) = "
+                         f"{glimpse_size * 2 ** (num_scales - 1)} pixels) is far larger than the image "
+                         f"({height} x {width})")
+
+
+def _check_locations(l: torch.Tensor, name: str) -> None:
     if not torch.isfinite(l).all() or l.abs().max() > 1 + 1e-6:
-        raise ValueError("locations l must lie in [-1, 1]^2 (the image spans [-1, 1] in both axes)")
+        raise ValueError(f"{name} must lie in [-1, 1]^2 (the image spans [-1, 1] in both axes)")
+
+
+def _shape(value) -> str:
+    return str(tuple(value.shape)) if isinstance(value, torch.Tensor) else type(value).__name__
 
 
 def box_filterbank(centre: torch.Tensor, glimpse_size: int, num_scales: int, length: int) -> torch.Tensor:
@@ -94,6 +111,15 @@ def box_filterbank(centre: torch.Tensor, glimpse_size: int, num_scales: int, len
     outside the image reads as zero, and fractional box edges weight the edge pixels
     by their overlap.
     """
+    if centre.dim() != 1:
+        raise ValueError(f"expected centre of shape (B,), got {tuple(centre.shape)}")
+    for name, value in (("glimpse_size", glimpse_size), ("num_scales", num_scales), ("length", length)):
+        if value < 1:
+            raise ValueError(f"{name} must be positive, got {value}")
+    return _box_filterbank(centre, glimpse_size, num_scales, length)
+
+
+def _box_filterbank(centre: torch.Tensor, glimpse_size: int, num_scales: int, length: int) -> torch.Tensor:
     g, k = glimpse_size, num_scales
     dtype, device = centre.dtype, centre.device
     sides = 2.0 ** torch.arange(k, device=device, dtype=dtype)  # (k,)
@@ -115,15 +141,18 @@ def glimpse_sensor(images: torch.Tensor, l: torch.Tensor, glimpse_size: int, num
     batched matrix products for every sample and scale at once. Outside the image reads
     as zero; between pixels the read is bilinear.
     """
-    _check_images_and_locations(images, l)
+    _check_sensor(images, l, glimpse_size, num_scales)
+    return _glimpse_sensor(images, l, glimpse_size, num_scales)
+
+
+def _glimpse_sensor(images: torch.Tensor, l: torch.Tensor, glimpse_size: int, num_scales: int) -> torch.Tensor:
+    """:func:`glimpse_sensor` without the checks: what the model calls at every glimpse (and what exports)."""
     batch, channels, height, width = images.shape
     g, k = glimpse_size, num_scales
-    if g * 2 ** (k - 1) > 4 * max(height, width):
-        raise ValueError(f"the largest patch ({g * 2 ** (k - 1)} pixels) is far larger than the image")
     x = images if images.is_floating_point() else images.float()
     centre = (l.to(x.dtype) + 1) / 2  # in [0, 1]; pixel-edge coordinates below
-    F_X = box_filterbank(centre[:, 0] * width, g, k, width)  # (B, k, g, W)
-    F_Y = box_filterbank(centre[:, 1] * height, g, k, height)  # (B, k, g, H)
+    F_X = _box_filterbank(centre[:, 0] * width, g, k, width)  # (B, k, g, W)
+    F_Y = _box_filterbank(centre[:, 1] * height, g, k, height)  # (B, k, g, H)
     # rows: (B, 1, k g, H) @ (B, C, H, W) -> (B, C, k, g, W); columns: ... @ (B, 1, k, W, g) -> (B, C, k, g, g)
     rows = (F_Y.reshape(batch, 1, k * g, height) @ x).view(batch, channels, k, g, width)
     patches = rows @ F_X[:, None].transpose(-1, -2)
@@ -137,7 +166,7 @@ def glimpse_sensor_loop(images: torch.Tensor, l: torch.Tensor, glimpse_size: int
     A reference for tests and for the benchmark: for every sample and scale, crop the
     patch from the zero-padded image and average it down by ``avg_pool2d``.
     """
-    _check_images_and_locations(images, l)
+    _check_sensor(images, l, glimpse_size, num_scales)
     batch, channels, height, width = images.shape
     g = glimpse_size
     out = images.new_zeros(batch, num_scales, channels, g, g)
@@ -199,6 +228,10 @@ class RecurrentAttentionModel(nn.Module):
 
     def __init__(self, config: RAMConfig = RAMConfig(), channels: int = 1):
         super().__init__()
+        if not isinstance(config, RAMConfig):
+            raise TypeError(f"config must be a RAMConfig, got {type(config).__name__}")
+        if channels < 1:
+            raise ValueError(f"channels must be positive, got {channels}")
         self.config = config
         self.channels = channels
         self.glimpse_network = GlimpseNetwork(config, channels)
@@ -231,11 +264,19 @@ class RecurrentAttentionModel(nn.Module):
             raise ValueError(f"expected images of shape (B, {', '.join(map(str, expected))}), "
                              f"got {tuple(images.shape)}")
         batch, device = images.shape[0], images.device
-        steps = num_glimpses or config.num_glimpses
+        steps = config.num_glimpses if num_glimpses is None else num_glimpses
+        if steps < 1:
+            raise ValueError(f"num_glimpses must be positive (or None: the config's {config.num_glimpses}), "
+                             f"got {num_glimpses}")
         if locations is not None:
             if locations.shape != (steps, batch, 2):
                 raise ValueError(f"expected locations of shape ({steps}, {batch}, 2), got {tuple(locations.shape)}")
+            _check_locations(locations, "locations")
             l_0 = locations[0]
+        elif l_0 is not None:
+            if l_0.shape != (batch, 2):
+                raise ValueError(f"expected l_0 of shape ({batch}, 2), got {tuple(l_0.shape)}")
+            _check_locations(l_0, "l_0")
         if l_0 is None:
             l_0 = torch.rand(batch, 2, device=device, generator=generator) * 2 - 1
         state = self.initial_state(batch, device)
@@ -243,7 +284,7 @@ class RecurrentAttentionModel(nn.Module):
         visited, means, log_pi, baselines, logits = [], [], [], [], []
         for t in range(steps):
             visited.append(l_t)
-            rho = glimpse_sensor(images, l_t, config.glimpse_size, config.num_scales)
+            rho = _glimpse_sensor(images, l_t, config.glimpse_size, config.num_scales)
             g_t = self.glimpse_network(rho, l_t)
             h_t, state = self.core_network(g_t, state)
             baselines.append(self.baseline_network(h_t.detach()).squeeze(-1))
@@ -273,6 +314,8 @@ class RecurrentAttentionModel(nn.Module):
 
 def gaussian_log_likelihood(l: torch.Tensor, mu: torch.Tensor, std: float) -> torch.Tensor:
     """log N(l; mu, std^2 I), summed over the two coordinates; its gradient in mu is (l - mu) / std^2."""
+    if not std > 0:
+        raise ValueError(f"std must be positive, got {std}")
     return (-0.5 * ((l - mu) / std) ** 2 - math.log(std) - 0.5 * math.log(2 * math.pi)).sum(-1)
 
 
@@ -287,6 +330,8 @@ def hybrid_loss(out: Mapping[str, torch.Tensor], labels: torch.Tensor) -> tuple[
     * baseline: sum_t (R - b_t)^2, so that b_t approximates E[R].
     """
     log_probs, log_pi, baselines = out["log_probs"], out["log_pi"], out["baselines"]
+    if labels.shape != log_probs.shape[:1]:
+        raise ValueError(f"expected labels of shape ({log_probs.shape[0]},), one per image, got {tuple(labels.shape)}")
     correct = (log_probs.argmax(-1) == labels).float()
     R = correct[:, None].expand_as(baselines)  # reward, the same at every step
     classification = F.nll_loss(log_probs, labels)
@@ -309,6 +354,8 @@ FIRST_GLIMPSE_AT_CENTRE = {"mnist28": False, "translated60": True, "cluttered60"
 
 def first_location(task: str, batch: int, device) -> torch.Tensor | None:
     """l_0 for ``task``: the centre (B, 2) of zeros, or None (uniform, drawn by the model)."""
+    if task not in FIRST_GLIMPSE_AT_CENTRE:
+        raise ValueError(f"unknown RAM task {task!r}; choose one of: {', '.join(FIRST_GLIMPSE_AT_CENTRE)}")
     return torch.zeros(batch, 2, device=device) if FIRST_GLIMPSE_AT_CENTRE[task] else None
 
 
@@ -353,6 +400,7 @@ TRAINING = {  # steps in the quick and full profiles (batch size 128, Adam from 
 # the 1.86% that batch 128 reached in 80,000 steps on one CPU core (first glimpse drawn uniformly); held-out
 # error at 6k, 12k, 18k, 24k, 30k steps: 4.37%, 2.88%, 2.22%, 1.96%, 1.90%.
 LEARNING_RATE = 1e-3
+BATCH_SIZE = 128
 
 
 def _model_config(task: str) -> dict[str, Any]:
@@ -366,12 +414,14 @@ def _build(config: Mapping[str, Any]) -> RecurrentAttentionModel:
 
 
 def train_ram(task: str, profile: str | None = None, device=None, seed: int = 0, checkpoint_path=None,
-              progress: bool = True, steps: int | None = None, batch_size: int = 128,
-              config: RAMConfig | None = None) -> tuple[RecurrentAttentionModel, TrainResult, str]:
+              progress: bool = True, steps: int | None = None, batch_size: int | None = None,
+              config: RAMConfig | None = None, extra_state=None) -> tuple[RecurrentAttentionModel, TrainResult, str]:
     """Train RAM from scratch on ``task`` with the hybrid loss and Adam.
 
     ``config`` changes the model (default: ``PAPER_CONFIGS[task]``), e.g. the number of glimpses
-    or the core network; its image size must be the task's.
+    or the core network; its image size must be the task's. ``steps`` defaults to the profile's,
+    ``batch_size`` to :data:`BATCH_SIZE`. ``extra_state`` (the command line's model, task and
+    config) is stored in the training state and checked when a run resumes.
 
     Mixed precision stays off on a GPU: the networks are small (casts would cost more than they
     save) and the REINFORCE term needs accurate log-likelihoods of the sampled locations.
@@ -379,10 +429,15 @@ def train_ram(task: str, profile: str | None = None, device=None, seed: int = 0,
     from .data.tasks import MNISTVariantTask
     from .runtime import get_device
 
-    device = torch.device(device) if device is not None else get_device()
-    profile = get_profile(profile)
     if task not in PAPER_CONFIGS:
         raise ValueError(f"unknown RAM task {task!r}; expected one of {', '.join(PAPER_CONFIGS)}")
+    for name, value in (("steps", steps), ("batch_size", batch_size)):
+        if value is not None and value < 1:
+            raise ValueError(f"{name} must be a positive int (or None for the recipe's default), got {value}")
+    if config is not None and not isinstance(config, RAMConfig):
+        raise TypeError(f"config must be a RAMConfig or None, got {type(config).__name__}")
+    device = torch.device(device) if device is not None else get_device()
+    profile = get_profile(profile)
     if config is not None and config.image_size != PAPER_CONFIGS[task].image_size:
         raise ValueError(f"config.image_size is {config.image_size}, but {task} images are "
                          f"{PAPER_CONFIGS[task].image_size} x {PAPER_CONFIGS[task].image_size}")
@@ -390,9 +445,10 @@ def train_ram(task: str, profile: str | None = None, device=None, seed: int = 0,
     model = RecurrentAttentionModel(config or PAPER_CONFIGS[task]).to(device)
     data = MNISTVariantTask(task, device=device)
     quick, full = TRAINING[task]
-    total = steps or pick(quick, full, profile)
+    total = pick(quick, full, profile) if steps is None else steps
     optimizer = torch.optim.Adam(model.parameters(), lr=LEARNING_RATE)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total, eta_min=1e-5)
+    batch_size = BATCH_SIZE if batch_size is None else batch_size
     config = TrainConfig(steps=total, batch_size=batch_size, lr=LEARNING_RATE, seed=seed, log_every=50, clip_grad_norm=5.0, amp=False,
                          eval_every=max(total // 5, 1000) if total > 5000 else 0,
                          checkpoint_every=2000 if total > 5000 else 0)
@@ -401,7 +457,7 @@ def train_ram(task: str, profile: str | None = None, device=None, seed: int = 0,
 
     result = fit(model, data.sample, loss, config, optimizer=optimizer, scheduler=scheduler, device=device,
                  evaluate=lambda m: {"error": test_error(m, data)[0]}, checkpoint_path=checkpoint_path,
-                 progress=progress, desc=f"RAM on {task}")
+                 progress=progress, desc=f"RAM on {task}", extra_state=extra_state)
     description = (f"MNIST train split, variant {task} generated per batch; test: the 10,000 MNIST test digits, "
                    f"variant generated from fixed seeds")
     return model, result, description
@@ -426,6 +482,8 @@ RAM_SPEC = register(ModelSpec(
 
 def to_pixels(l: torch.Tensor, size: int) -> torch.Tensor:
     """Locations l in [-1, 1] as (column, row) coordinates of an image of side ``size``, pixel centres at integers."""
+    if size < 1:
+        raise ValueError(f"size (the image side in pixels) must be positive, got {size}")
     return (l + 1) * size / 2 - 0.5
 
 
@@ -452,6 +510,11 @@ def glimpse_paths(model: RecurrentAttentionModel, images: torch.Tensor, l_0: tor
 
 def inside_boxes(l: torch.Tensor, boxes: torch.Tensor, size: int) -> torch.Tensor:
     """Whether each location l (B, T, 2) in [-1, 1] falls in its image's box (B, 4) = (x0, y0, x1, y1) in pixels."""
+    if l.dim() != 3 or l.shape[-1] != 2 or boxes.shape != (l.shape[0], 4):
+        raise ValueError(f"expected locations l (B, T, 2) and boxes (B, 4), got {tuple(l.shape)} and "
+                         f"{tuple(boxes.shape)}")
+    if size < 1:
+        raise ValueError(f"size (the image side in pixels) must be positive, got {size}")
     edge = (l + 1) / 2 * size  # pixel-edge coordinates, like the boxes
     box = boxes[:, None].to(l.dtype)
     return ((edge[..., 0] >= box[..., 0]) & (edge[..., 0] < box[..., 2])

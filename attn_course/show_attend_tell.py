@@ -184,6 +184,8 @@ def soft_context(a: torch.Tensor, alpha: torch.Tensor, beta: torch.Tensor | None
     ``beta`` (B, 1) or None -> (B, D)."""
     if a.dim() != 3 or alpha.shape != a.shape[:2]:
         raise ValueError(f"expected a (B, L, D) and alpha (B, L), got {tuple(a.shape)} and {tuple(alpha.shape)}")
+    if beta is not None and beta.shape != (a.shape[0], 1):
+        raise ValueError(f"expected beta of shape ({a.shape[0]}, 1), got {tuple(beta.shape)}")
     z = (alpha[:, None, :] @ a)[:, 0]
     return z if beta is None else beta * z
 
@@ -192,6 +194,8 @@ def hard_context(a: torch.Tensor, s: torch.Tensor, beta: torch.Tensor | None = N
     """z^_t = beta_t sum_i s_ti a_i = beta_t a_{s_t} (3.7) for sampled locations ``s`` (B,) -> (B, D)."""
     if a.dim() != 3 or s.shape != a.shape[:1]:
         raise ValueError(f"expected a (B, L, D) and locations s (B,), got {tuple(a.shape)} and {tuple(s.shape)}")
+    if s.is_floating_point() or s.dtype == torch.bool:
+        raise TypeError(f"locations s must be integer indices into the L = {a.shape[1]} locations, got {s.dtype}")
     z = a[torch.arange(a.shape[0], device=a.device), s]
     return z if beta is None else beta * z
 
@@ -208,6 +212,8 @@ class ShowAttendTell(nn.Module):
 
     def __init__(self, config: SATConfig = SATConfig()):
         super().__init__()
+        if not isinstance(config, SATConfig):
+            raise TypeError(f"config must be a SATConfig, got {type(config).__name__}")
         self.config = c = config
         self.encoder = Encoder(c)
         if c.init_from_image:
@@ -327,12 +333,17 @@ def doubly_stochastic_penalty(alpha: torch.Tensor, mask: torch.Tensor, lambda_: 
 
 def doubly_stochastic_gradient(alpha: torch.Tensor, mask: torch.Tensor, lambda_: float = 1.0) -> torch.Tensor:
     """d/d alpha_ti of (3.15), by hand: -2 lambda (1 - sum_t' alpha_t'i) on real steps, 0 on padding; (B, T, L)."""
+    if alpha.dim() != 3 or mask.shape != alpha.shape[:2]:
+        raise ValueError(f"expected alpha (B, T, L) and mask (B, T), got {tuple(alpha.shape)} and {tuple(mask.shape)}")
     total = (alpha * mask[..., None]).sum(1, keepdim=True)
     return -2 * lambda_ * (1 - total) * mask[..., None]
 
 
 def caption_log_likelihood(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """log p(y | a) = sum_t log p(y_t | ...) per caption, (B,), over the non-PAD targets (B, T)."""
+    if logits.dim() != 3 or targets.shape != logits.shape[:2]:
+        raise ValueError(f"expected logits (B, T, K) and targets (B, T), got {tuple(logits.shape)} and "
+                         f"{tuple(targets.shape)}")
     log_p = logits.float().log_softmax(-1).gather(-1, targets[..., None])[..., 0]
     return (log_p * (targets != PAD)).sum(1)
 
@@ -426,7 +437,7 @@ def greedy_decode(model: ShowAttendTell, images: torch.Tensor, max_len: int = 20
     if max_len < 1:
         raise ValueError(f"max_len must be positive, got {max_len}")
     context = _inference_context(model, hard)
-    state = model.annotate(images)
+    state = model.annotate(images)  # checks the images' shape
     B = images.shape[0]
     y = torch.full((B,), BOS, dtype=torch.long, device=images.device)
     done = torch.zeros(B, dtype=torch.bool, device=images.device)
@@ -523,6 +534,10 @@ def corpus_bleu(hypotheses: list[str], references: list[list[str]], max_order: i
     """
     from sacrebleu.metrics import BLEU
 
+    if isinstance(max_order, bool) or not isinstance(max_order, int) or max_order < 1:
+        raise ValueError(f"max_order must be a positive int, got {max_order!r}")
+    if isinstance(hypotheses, str) or any(not isinstance(h, str) for h in hypotheses):
+        raise TypeError("hypotheses must be a list of strings (one caption each)")
     if len(hypotheses) != len(references) or not hypotheses:
         raise ValueError(f"expected one non-empty list of references per hypothesis, got {len(hypotheses)} hypotheses "
                          f"and {len(references)} reference lists")
@@ -539,6 +554,8 @@ def corpus_bleu(hypotheses: list[str], references: list[list[str]], max_order: i
 
 def location_cover(masks: torch.Tensor, grid: int) -> torch.Tensor:
     """(B, objects, L): the share of each grid cell that an object's mask (B, objects, S, S) covers."""
+    if grid < 1:
+        raise ValueError(f"grid must be positive, got {grid}")
     if masks.dim() != 4 or masks.shape[-1] % grid:
         raise ValueError(f"expected masks (B, objects, S, S) with S a multiple of {grid}, got {tuple(masks.shape)}")
     return F.avg_pool2d(masks.float(), masks.shape[-1] // grid).flatten(2)
@@ -562,6 +579,8 @@ def attention_correctness(alpha: torch.Tensor, referents: torch.Tensor, masks: t
     if alpha.dim() != 3 or grid * grid != alpha.shape[-1] or referents.shape != alpha.shape[:2]:
         raise ValueError(f"expected alpha (B, T, L) with L a square and referents (B, T), got {tuple(alpha.shape)} "
                          f"and {tuple(referents.shape)}")
+    if masks.dim() != 4 or masks.shape[0] != alpha.shape[0]:
+        raise ValueError(f"expected masks (B, objects, S, S) with B = {alpha.shape[0]}, got {tuple(masks.shape)}")
     cover = location_cover(masks, grid)  # (B, objects, L)
     words = referents >= 0
     obj = cover.gather(1, referents.clamp(min=0)[..., None].expand(-1, -1, cover.shape[-1]))  # (B, T, L)
@@ -585,6 +604,8 @@ def evaluate_captions(model: ShowAttendTell, data, split: str = "test", beam_siz
     """
     from .data.scenes import caption_referents, relation_words_correct
 
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be positive, got {batch_size}")
     vocabulary = data.vocabulary
     hypotheses, references, relational, novel, exact = [], [], [], [], []
     mass, hit, chance, relation = [], [], [], []
@@ -675,7 +696,7 @@ def _build(config: Mapping[str, Any]) -> ShowAttendTell:
 
 def train_sat(task: str = "soft", profile: str | None = None, device=None, seed: int = 0, checkpoint_path=None,
               progress: bool = True, steps: int | None = None, batch_size: int | None = None, data=None,
-              lr: float | None = None) -> tuple[ShowAttendTell, TrainResult, str]:
+              lr: float | None = None, extra_state=None) -> tuple[ShowAttendTell, TrainResult, str]:
     """Train Show, Attend and Tell with ``task`` = "soft", "hard" or "none" attention on the shape scenes.
 
     Adam, learning rate decayed on a cosine to 1/20 of its start, gradients clipped at
@@ -684,17 +705,24 @@ def train_sat(task: str = "soft", profile: str | None = None, device=None, seed:
     """
     from .runtime import get_device
 
+    model_config = _model_config(task)  # checks the task
+    for name, value in (("steps", steps), ("batch_size", batch_size)):
+        if value is not None and value < 1:
+            raise ValueError(f"{name} must be a positive int (or None for the recipe's default), got {value}")
+    if lr is not None and not lr > 0:
+        raise ValueError(f"lr must be positive (or None for the recipe's default), got {lr}")
     device = torch.device(device) if device is not None else get_device()
     profile = get_profile(profile)
     torch.manual_seed(seed)
-    model = _build(_model_config(task)).to(device)
-    data = data or course_scenes(device)
+    model = _build(model_config).to(device)
+    data = course_scenes(device) if data is None else data
     quick, full, default_batch, default_lr = TRAINING[task]
-    total = steps or pick(quick, full, profile)
-    lr = lr or default_lr
+    total = pick(quick, full, profile) if steps is None else steps
+    batch_size = default_batch if batch_size is None else batch_size
+    lr = default_lr if lr is None else lr
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total, eta_min=lr / 20)
-    config = TrainConfig(steps=total, batch_size=batch_size or default_batch, lr=lr, seed=seed, log_every=25,
+    config = TrainConfig(steps=total, batch_size=batch_size, lr=lr, seed=seed, log_every=25,
                          clip_grad_norm=5.0, amp=False, eval_every=0, checkpoint_every=500 if total > 1000 else 0)
 
     def validate(m):
@@ -703,7 +731,7 @@ def train_sat(task: str = "soft", profile: str | None = None, device=None, seed:
 
     result = fit(model, data.sample, sat_loss, config, optimizer=optimizer, scheduler=scheduler, device=device,
                  evaluate=validate, checkpoint_path=checkpoint_path, progress=progress,
-                 desc=f"Show, Attend and Tell ({task})", extra_state={"model_config": _model_config(task)})
+                 desc=f"Show, Attend and Tell ({task})", extra_state={"model_config": model_config, **(extra_state or {})})
     return model, result, data.describe()
 
 
@@ -738,6 +766,8 @@ def attention_hit_by_phrase(model: ShowAttendTell, data, split: str = "test",
     """
     from .data.scenes import caption_referents
 
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be positive, got {batch_size}")
     hits, keys = [], []
     for batch in data.batches(split, batch_size):
         out = caption(model, batch["images"], 1, batch["references"].shape[-1] - 1)
@@ -765,9 +795,11 @@ def attention_maps(alpha: torch.Tensor, image_size: int | None = None) -> torch.
     The paper overlays alpha upsampled by 16 and smoothed with a Gaussian; bilinear
     upsampling keeps the total mass per cell and is enough for grids of 8 x 8 or 16 x 16.
     """
-    G = math.isqrt(alpha.shape[-1])
-    if G * G != alpha.shape[-1]:
+    G = math.isqrt(alpha.shape[-1]) if alpha.dim() else 0
+    if G == 0 or G * G != alpha.shape[-1]:
         raise ValueError(f"expected alpha (..., L) with L a square number, got {tuple(alpha.shape)}")
+    if image_size is not None and image_size < 1:
+        raise ValueError(f"image_size must be positive (or None), got {image_size}")
     maps = alpha.reshape(*alpha.shape[:-1], G, G)
     if image_size is None:
         return maps

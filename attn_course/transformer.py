@@ -85,6 +85,8 @@ PAPER_CONFIGS = {  # Table 3 of the paper
 
 def causal_mask(T: int, device=None) -> torch.Tensor:
     """(T, T) boolean, True on and below the diagonal: position t may attend to 1..t only."""
+    if T < 1:
+        raise ValueError(f"T must be positive, got {T!r}")
     return torch.ones(T, T, dtype=torch.bool, device=device).tril()
 
 
@@ -127,6 +129,10 @@ def scaled_dot_product_attention(Q: torch.Tensor, K: torch.Tensor, V: torch.Tens
         raise ValueError(f"queries and keys need the same d_k, got Q {tuple(Q.shape)} and K {tuple(K.shape)}")
     if K.shape[-2] != V.shape[-2]:
         raise ValueError(f"keys and values need the same length T_k, got K {tuple(K.shape)} and V {tuple(V.shape)}")
+    if not 0.0 <= dropout_p < 1.0:
+        raise ValueError(f"dropout_p must lie in [0, 1), got {dropout_p}")
+    if scale is not None and not (math.isfinite(scale) and scale > 0):
+        raise ValueError(f"scale must be positive and finite (or None: 1/sqrt(d_k)), got {scale}")
     d_k = Q.shape[-1]
     scores = Q @ K.transpose(-2, -1) * (1.0 / math.sqrt(d_k) if scale is None else scale)  # (..., T_q, T_k)
     if mask is not None:
@@ -153,8 +159,11 @@ def softmax_statistics(d_k: int, scaled: bool = True, temperature: float = 1.0, 
     (how much gradient flows back through the weights), over ``samples`` draws of one query
     and ``num_keys`` keys, with scores q . k / (sqrt(d_k) if ``scaled``) / ``temperature``.
     """
-    if d_k < 1 or num_keys < 1 or samples < 1 or not temperature > 0:
-        raise ValueError("d_k, num_keys and samples must be positive and temperature > 0")
+    for name, value in (("d_k", d_k), ("num_keys", num_keys), ("samples", samples)):
+        if value < 1:
+            raise ValueError(f"{name} must be positive, got {value}")
+    if not (math.isfinite(temperature) and temperature > 0):
+        raise ValueError(f"temperature must be positive and finite, got {temperature}")
     g = torch.Generator().manual_seed(seed)
     q = torch.randn(samples, 1, d_k, generator=g, dtype=torch.float64)
     k = torch.randn(samples, num_keys, d_k, generator=g, dtype=torch.float64)
@@ -181,6 +190,10 @@ class MultiHeadAttention(nn.Module):
 
     def __init__(self, d_model: int, heads: int, dropout: float = 0.0):
         super().__init__()
+        if d_model < 1 or heads < 1:
+            raise ValueError(f"d_model and heads must be positive, got {d_model} and {heads}")
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"dropout must lie in [0, 1), got {dropout}")
         if d_model % heads:
             raise ValueError(f"d_model ({d_model}) must be divisible by the number of heads ({heads})")
         self.d_model, self.heads, self.d_k = d_model, heads, d_model // heads
@@ -232,6 +245,8 @@ class PositionwiseFeedForward(nn.Module):
 
     def __init__(self, d_model: int, d_ff: int):
         super().__init__()
+        if d_model < 1 or d_ff < 1:
+            raise ValueError(f"d_model and d_ff must be positive, got {d_model} and {d_ff}")
         self.W_1 = nn.Linear(d_model, d_ff)
         self.W_2 = nn.Linear(d_ff, d_model)
 
@@ -245,8 +260,10 @@ class PositionwiseFeedForward(nn.Module):
 def positional_encoding(max_len: int, d_model: int) -> torch.Tensor:
     """PE (max_len, d_model), equation (5.4): PE(pos, 2i) = sin(pos w_i), PE(pos, 2i+1) = cos(pos w_i),
     with frequencies w_i = 10000^(-2i/d_model)."""
-    if d_model % 2:
-        raise ValueError(f"d_model must be even for the sinusoidal encoding, got {d_model}")
+    if d_model < 2 or d_model % 2:
+        raise ValueError(f"d_model must be a positive even number for the sinusoidal encoding, got {d_model}")
+    if max_len < 1:
+        raise ValueError(f"max_len must be positive, got {max_len}")
     pos = torch.arange(max_len, dtype=torch.float64)[:, None]
     w = 10000.0 ** (-torch.arange(0, d_model, 2, dtype=torch.float64) / d_model)
     pe = torch.zeros(max_len, d_model, dtype=torch.float64)
@@ -258,6 +275,8 @@ def positional_encoding(max_len: int, d_model: int) -> torch.Tensor:
 def pe_shift_matrix(k: int, d_model: int) -> torch.Tensor:
     """The (d_model, d_model) matrix M_k with PE(pos + k) = M_k PE(pos) for every pos: one 2 x 2 rotation
     by the angle k w_i per frequency pair (sin(a + b) = sin a cos b + cos a sin b, and likewise cos)."""
+    if d_model < 2 or d_model % 2:
+        raise ValueError(f"d_model must be a positive even number for the sinusoidal encoding, got {d_model}")
     w = 10000.0 ** (-torch.arange(0, d_model, 2, dtype=torch.float64) / d_model)
     c, s = torch.cos(k * w), torch.sin(k * w)
     M = torch.zeros(d_model, d_model, dtype=torch.float64)
@@ -325,6 +344,8 @@ class Transformer(nn.Module):
 
     def __init__(self, config: TransformerConfig = TransformerConfig()):
         super().__init__()
+        if not isinstance(config, TransformerConfig):
+            raise TypeError(f"config must be a TransformerConfig, got {type(config).__name__}")
         self.config = config
         self.embedding = nn.Embedding(config.vocab_size, config.d_model)
         self.register_buffer("pe", positional_encoding(config.max_len, config.d_model), persistent=False)
@@ -414,6 +435,8 @@ class Transformer(nn.Module):
 
 def parameter_count(config: TransformerConfig) -> dict[str, int]:
     """Parameters by formula: an attention block 4 (d^2 + d), the FFN 2 d d_ff + d_ff + d, a LayerNorm 2 d."""
+    if not isinstance(config, TransformerConfig):
+        raise TypeError(f"config must be a TransformerConfig, got {type(config).__name__}")
     d, d_ff = config.d_model, config.d_ff
     attention, ffn, norm = 4 * (d * d + d), 2 * d * d_ff + d_ff + d, 2 * d
     encoder_layer = attention + ffn + 2 * norm
@@ -429,6 +452,12 @@ def parameter_count(config: TransformerConfig) -> dict[str, int]:
 
 def smoothed_targets(target: torch.Tensor, num_classes: int, epsilon: float) -> torch.Tensor:
     """q'(k) = (1 - eps) [k = y] + eps / K, equation (5.6): (..., K) from integer targets (...)."""
+    if num_classes < 1:
+        raise ValueError(f"num_classes must be positive, got {num_classes}")
+    if not 0.0 <= epsilon < 1.0:
+        raise ValueError(f"epsilon must be in [0, 1), got {epsilon}")
+    if target.is_floating_point() or target.dtype == torch.bool:
+        raise TypeError(f"target must hold integer class ids, got {target.dtype}")
     return F.one_hot(target, num_classes).float() * (1 - epsilon) + epsilon / num_classes
 
 
@@ -451,6 +480,10 @@ def label_smoothed_loss(logits: torch.Tensor, target: torch.Tensor, epsilon: flo
 
 def noam_lr(step: int, d_model: int, warmup: int, factor: float = 1.0) -> float:
     """lrate = factor d_model^-0.5 min(step^-0.5, step warmup^-1.5), equation (5.5); ``step`` counts from 1."""
+    if d_model < 1 or warmup < 1:
+        raise ValueError(f"d_model and warmup must be positive, got {d_model} and {warmup}")
+    if not factor > 0:
+        raise ValueError(f"factor must be positive, got {factor}")
     step = max(step, 1)
     return factor * d_model ** -0.5 * min(step ** -0.5, step * warmup ** -1.5)
 
@@ -463,6 +496,9 @@ def noam_optimizer(model: nn.Module, d_model: int, warmup: int, factor: float = 
     that last share of the run. The paper instead averaged its last 5 checkpoints; both take
     out the step-to-step noise that a rate still at its (5.5) value leaves in a short run.
     """
+    noam_lr(1, d_model, warmup, factor)  # checks d_model, warmup and factor
+    if total_steps is not None and total_steps < 1:
+        raise ValueError(f"total_steps must be positive (or None), got {total_steps}")
     if cooldown and (total_steps is None or not 0.0 < cooldown <= 1.0):
         raise ValueError(f"cooldown must be in (0, 1] and needs total_steps, got {cooldown} and {total_steps}")
     start = total_steps * (1.0 - cooldown) if cooldown else None
@@ -492,6 +528,8 @@ def greedy_decode(model: Transformer, src: torch.Tensor, max_len: int) -> torch.
 
     Returns (B, <= max_len) ids without BOS, EOS included, PAD after it.
     """
+    if max_len < 1:
+        raise ValueError(f"max_len must be positive, got {max_len}")
     memory, mask, _ = model.encode(src)
     ys = torch.full((src.shape[0], 1), BOS, dtype=torch.long, device=src.device)
     done = torch.zeros(src.shape[0], dtype=torch.bool, device=src.device)
@@ -521,6 +559,8 @@ def beam_search(model: Transformer, src: torch.Tensor, max_len: int, beam_size: 
     """
     if beam_size < 1:
         raise ValueError(f"beam_size must be positive, got {beam_size}")
+    if max_len < 1:
+        raise ValueError(f"max_len must be positive, got {max_len}")
     B, k, device = src.shape[0], beam_size, src.device
     memory, mask, _ = model.encode(src)
     memory, mask = memory.repeat_interleave(k, 0), mask.repeat_interleave(k, 0)
@@ -597,6 +637,8 @@ def transformer_loss(model: Transformer, batch: Mapping[str, torch.Tensor], epsi
 @torch.no_grad()
 def predict(model: Transformer, src: torch.Tensor, max_len: int, beam_size: int = 1) -> torch.Tensor:
     """Greedy decoding (``beam_size`` 1) or beam search; (B, T) ids without BOS."""
+    if beam_size < 1:
+        raise ValueError(f"beam_size must be positive, got {beam_size}")
     was_training = model.training
     model.eval()
     out = greedy_decode(model, src, max_len) if beam_size == 1 else beam_search(model, src, max_len, beam_size)[0]
@@ -606,6 +648,9 @@ def predict(model: Transformer, src: torch.Tensor, max_len: int, beam_size: int 
 
 def same_sequences(predicted: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Row-wise equality of two id tensors padded to one width with PAD."""
+    if predicted.dim() != 2 or target.dim() != 2 or predicted.shape[0] != target.shape[0]:
+        raise ValueError(f"expected predicted and target of shapes (B, T) and (B, T'), got {tuple(predicted.shape)} "
+                         f"and {tuple(target.shape)}")
     T = max(predicted.shape[1], target.shape[1])
     a = F.pad(predicted, (0, T - predicted.shape[1]), value=PAD)
     b = F.pad(target, (0, T - target.shape[1]), value=PAD)
@@ -615,6 +660,8 @@ def same_sequences(predicted: torch.Tensor, target: torch.Tensor) -> torch.Tenso
 @torch.no_grad()
 def exact_match(model: Transformer, task, beam_size: int = 1, batch_size: int = 500) -> tuple[float, int]:
     """The share of the task's held-out test set whose whole output (EOS included) is right."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be positive, got {batch_size}")
     right, total = 0, 0
     for batch in task.test_batches(batch_size):
         predicted = predict(model, batch["src"], task.max_target_length, beam_size)
@@ -625,19 +672,23 @@ def exact_match(model: Transformer, task, beam_size: int = 1, batch_size: int = 
 
 def train_transformer(task: str, profile: str | None = None, device=None, seed: int = 0, checkpoint_path=None,
                       progress: bool = True, steps: int | None = None,
-                      batch_size: int | None = None) -> tuple[Transformer, TrainResult, str]:
+                      batch_size: int | None = None, extra_state=None) -> tuple[Transformer, TrainResult, str]:
     """Train the course's Transformer from scratch on ``task`` with the label-smoothed loss, Adam and (5.5)."""
     from .data.sequences import SequenceTask
     from .runtime import get_device
 
+    model_config = _model_config(task)  # checks the task
+    for name, value in (("steps", steps), ("batch_size", batch_size)):
+        if value is not None and value < 1:
+            raise ValueError(f"{name} must be a positive int (or None for the recipe's default), got {value}")
     device = torch.device(device) if device is not None else get_device()
     profile = get_profile(profile)
     torch.manual_seed(seed)
-    model = _build(_model_config(task)).to(device)
+    model = _build(model_config).to(device)
     data = SequenceTask(task, device=device)
     quick, full, warmup, default_batch = TRAINING[task]
-    batch_size = batch_size or default_batch
-    total = steps or pick(quick, full, profile)
+    batch_size = default_batch if batch_size is None else batch_size
+    total = pick(quick, full, profile) if steps is None else steps
     warmup = min(warmup, max(total // 4, 1))
     factor = 1.0
     optimizer, scheduler = noam_optimizer(model, model.config.d_model, warmup, factor, total, COOLDOWN)
@@ -645,7 +696,7 @@ def train_transformer(task: str, profile: str | None = None, device=None, seed: 
                          clip_grad_norm=1.0, eval_every=0, checkpoint_every=500 if total > 1000 else 0)
     result = fit(model, data.sample, transformer_loss, config, optimizer=optimizer, scheduler=scheduler,
                  device=device, checkpoint_path=checkpoint_path, progress=progress,
-                 desc=f"Transformer on {task}", extra_state={"model_config": _model_config(task)})
+                 desc=f"Transformer on {task}", extra_state={"model_config": model_config, **(extra_state or {})})
     return model, result, data.describe()
 
 
@@ -688,6 +739,8 @@ def alignment_hits(model: Transformer, task, batch_size: int = 500) -> dict[str,
     (L_dec,) for the weights averaged over the heads, and ``chance``: the same share for a
     key picked uniformly at random among the non-padding source characters.
     """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be positive, got {batch_size}")
     was_training = model.training
     model.eval()
     hits = mean_hits = None

@@ -55,6 +55,8 @@ def to_numpy(image) -> np.ndarray:
 def show_image(ax, image, title: str | None = None, cmap: str = "gray"):
     """``imshow`` without axes ticks; grayscale images on a fixed [0, max] range."""
     array = to_numpy(image)
+    if array.size == 0:
+        raise ValueError(f"image must hold at least one pixel, got shape {array.shape}")
     vmax = 1.0 if array.max() <= 1.0 else float(array.max())
     ax.imshow(array, cmap=cmap if array.ndim == 2 else None, vmin=0.0, vmax=vmax, interpolation="nearest")
     ax.set_xticks([])
@@ -78,6 +80,8 @@ def image_grid(images: Sequence, nrow: int = 8, titles: Sequence[str] | None = N
         raise ValueError("image_grid needs at least one image")
     if nrow < 1:
         raise ValueError(f"nrow must be positive, got {nrow}")
+    if not size > 0:
+        raise ValueError(f"size (inches per image) must be positive, got {size}")
     if titles is not None and len(titles) != len(images):
         raise ValueError(f"got {len(titles)} titles for {len(images)} images")
     ncol = min(nrow, len(images))
@@ -98,7 +102,13 @@ def image_grid(images: Sequence, nrow: int = 8, titles: Sequence[str] | None = N
 
 def mosaic(images: Sequence, ncol: int, pad: int = 1, fill: float = 0.0) -> np.ndarray:
     """Images of one shape tiled row by row into one array, ``ncol`` per row, ``pad`` pixels of ``fill`` apart."""
+    if not isinstance(ncol, int) or ncol < 1:
+        raise ValueError(f"ncol must be a positive int, got {ncol!r}")
+    if not isinstance(pad, int) or pad < 0:
+        raise ValueError(f"pad must be an int >= 0, got {pad!r}")
     arrays = [to_numpy(image) for image in images]
+    if not arrays:
+        raise ValueError("images must hold at least one image, got none")
     shape = arrays[0].shape
     if any(a.shape != shape for a in arrays):
         raise ValueError(f"a mosaic needs images of one shape, got {sorted({a.shape for a in arrays})}")
@@ -166,6 +176,8 @@ def attention_heatmap(ax, image, weights, alpha: float = 0.55, cmap: str = "infe
     weights = to_numpy(weights)
     if weights.ndim != 2:
         raise ValueError(f"expected weights of shape (h, w), got {weights.shape}")
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"alpha (the overlay's opacity) must lie in [0, 1], got {alpha}")
     show_image(ax, array)
     height, width = array.shape[:2]
     ax.imshow(weights, cmap=cmap, alpha=alpha, extent=(-0.5, width - 0.5, height - 0.5, -0.5),
@@ -196,6 +208,9 @@ def plot_history(history, names: Sequence[str] | None = None, figsize=(9, 3)):
     names = list(names) if names is not None else [n for n in history.names() if not n.startswith("eval_")]
     if not names:
         raise ValueError("nothing to plot: the history has no metrics")
+    unknown = [name for name in names if name not in history]
+    if unknown:
+        raise ValueError(f"names {unknown} are not in the history; it has: {', '.join(history.names())}")
     fig, axes = plt.subplots(1, len(names), figsize=figsize, squeeze=False)
     for ax, name in zip(axes[0], names):
         steps, values = history.series(name)
@@ -221,6 +236,10 @@ def animation_html(draw_frame: Callable[[object, int], None], num_frames: int, f
     """
     if num_frames < 1:
         raise ValueError(f"num_frames must be positive, got {num_frames}")
+    if ncols < 1:
+        raise ValueError(f"ncols must be positive, got {ncols}")
+    if not interval > 0:
+        raise ValueError(f"interval (milliseconds per frame) must be positive, got {interval}")
     fig, axes = plt.subplots(1, ncols, figsize=figsize, squeeze=False)
     target = axes[0, 0] if ncols == 1 else axes[0]
 
@@ -261,6 +280,8 @@ def animate(frames: Callable[[object, int], None] | Sequence[Callable[[object], 
 
 def offline_jshtml(html: str) -> str:
     """``to_jshtml`` output without its CDN stylesheet: icon buttons become plain characters."""
+    if not isinstance(html, str):
+        raise TypeError(f"html must be a str (to_jshtml's output), got {type(html).__name__}")
     html = re.sub(r"<link[^>]*font-awesome[^>]*>", "", html)
     for css_class, glyph in _BUTTON_GLYPHS.items():
         html = html.replace(f'<i class="{css_class}"></i>', f'<span class="anim-glyph">{glyph}</span>')

@@ -61,6 +61,8 @@ class FigureWidget(W.VBox):
 
 def interactive_figure(fn: Callable[..., plt.Figure], **controls: W.ValueWidget) -> FigureWidget:
     """Wrap a pure figure function in controls: ``interactive_figure(f, x=FloatSlider(...), ...)``."""
+    if not callable(fn):
+        raise TypeError(f"fn must be a function of the controls' values, got {type(fn).__name__}")
     if not controls:
         raise ValueError("interactive_figure needs at least one control")
     return FigureWidget(fn, controls)
@@ -79,6 +81,18 @@ def _as_chw(image) -> torch.Tensor:
     if image.dim() != 3:
         raise ValueError(f"expected an image of shape (H, W) or (C, H, W), got {tuple(image.shape)}")
     return image
+
+
+def _check_range(name: str, value, low, high) -> None:
+    """A clear error unless ``low <= value <= high`` (a slider's range)."""
+    if not low <= value <= high:
+        raise ValueError(f"{name} must lie in [{low}, {high}], got {value!r}")
+
+
+def _check_positive(**values) -> None:
+    for name, value in values.items():
+        if not (math.isfinite(value) and value > 0):
+            raise ValueError(f"{name} must be positive and finite, got {value!r}")
 
 
 def _image_batch(images) -> torch.Tensor:
@@ -110,6 +124,7 @@ def glimpse_figure(image, x: float, y: float, scale: float, angle: float, size: 
 def glimpse_explorer(images, size: int = 16) -> FigureWidget:
     """Sliders that move (x, y), zoom (scale) and rotate (angle) a glimpse over ``images[index]``."""
     images = _image_batch(images)
+    _check_range("size", size, 4, 32)
     style = {"description_width": "initial"}
 
     def draw(index, x, y, scale, angle, size):
@@ -134,6 +149,8 @@ def sensor_figure(image, x: float, y: float, glimpse_size: int = 12, num_scales:
     from .ram import glimpse_sensor
 
     image = _as_chw(image)
+    _check_range("x", x, -1.0, 1.0)
+    _check_range("y", y, -1.0, 1.0)
     height, width = image.shape[1:]
     l = torch.tensor([[x, y]], dtype=image.dtype)
     patches = glimpse_sensor(image[None], l, glimpse_size, num_scales)[0]  # (k, C, g, g)
@@ -155,6 +172,8 @@ def sensor_figure(image, x: float, y: float, glimpse_size: int = 12, num_scales:
 def sensor_explorer(images, glimpse_size: int = 12, num_scales: int = 3) -> FigureWidget:
     """Sliders for the glimpse sensor: location, patch size, number of scales, image."""
     images = _image_batch(images)
+    _check_range("glimpse_size", glimpse_size, 4, 16)
+    _check_range("num_scales", num_scales, 1, 4)
     style = {"description_width": "initial"}
     return interactive_figure(
         lambda index, x, y, glimpse_size, num_scales: sensor_figure(images[index], x, y, glimpse_size, num_scales),
@@ -168,8 +187,12 @@ def sensor_explorer(images, glimpse_size: int = 12, num_scales: int = 3) -> Figu
 
 def policy_figure(std: float, mu=(0.3, -0.2), num_samples: int = 400, seed: int = 0, image=None) -> plt.Figure:
     """Locations sampled from RAM's Gaussian policy N(mu, std^2 I), clamped to the image [-1, 1]^2."""
-    if not std > 0:
+    if not (std > 0 and math.isfinite(std)):
         raise ValueError(f"std must be positive, got {std}")
+    if torch.as_tensor(mu).shape != (2,):
+        raise ValueError(f"mu must be a location (x, y), got {mu!r}")
+    if num_samples < 1:
+        raise ValueError(f"num_samples must be positive, got {num_samples}")
     generator = torch.Generator().manual_seed(seed)
     samples = (torch.tensor(mu) + std * torch.randn(num_samples, 2, generator=generator)).clamp(-1, 1)
     fig, ax = plt.subplots(figsize=(3.4, 3.4))
@@ -188,6 +211,8 @@ def policy_figure(std: float, mu=(0.3, -0.2), num_samples: int = 400, seed: int 
 
 def policy_explorer(image=None) -> FigureWidget:
     """A slider for the policy's standard deviation, showing the spread of sampled locations."""
+    if image is not None:
+        _as_chw(image)  # a bad image fails here, not at the first redraw
     return interactive_figure(
         lambda std: policy_figure(std, image=image),
         std=W.FloatSlider(0.15, min=0.01, max=0.6, step=0.01, description="sigma",
@@ -211,6 +236,12 @@ def draw_glimpse_step(axes, image, pixels, probabilities, step: int, glimpse_siz
                          f"and {tuple(probabilities.shape)}")
     if not 0 <= step < T:
         raise ValueError(f"step must be in [0, {T - 1}], got {step}")
+    if len(axes) != 2:
+        raise ValueError(f"axes must be two axes (the path, the probabilities), got {len(axes)}")
+    _check_range("glimpse_size", glimpse_size, 1, 4 * max(image.shape[1:]))
+    _check_range("num_scales", num_scales, 1, 8)
+    if label is not None and not 0 <= label < probabilities.shape[1]:
+        raise ValueError(f"label must be a class in [0, {probabilities.shape[1] - 1}] (or None), got {label}")
     left, right = axes
     title = f"glimpse {step + 1} of {T}" + (f" (label {label})" if label is not None else "")
     show_image(left, image, title)
@@ -257,6 +288,13 @@ def trajectory_explorer(runs) -> FigureWidget:
         missing = {"images", "labels", "pixels", "probabilities", "glimpse_size", "num_scales"} - set(run)
         if missing:
             raise ValueError(f"run {name!r} lacks {sorted(missing)}")
+        n = len(run["images"])
+        if run["pixels"].dim() != 3 or run["probabilities"].dim() != 3 or \
+                {n, len(run["labels"]), len(run["pixels"]), len(run["probabilities"])} != {n} or n == 0:
+            raise ValueError(f"run {name!r} needs images (N, ...), labels (N,), pixels (N, T, 2) and probabilities "
+                             f"(N, T, classes) for one N >= 1, got {len(run['images'])} images, "
+                             f"{len(run['labels'])} labels, pixels {tuple(run['pixels'].shape)} and probabilities "
+                             f"{tuple(run['probabilities'].shape)}")
     names = list(runs)
     longest = max(len(run["images"]) for run in runs.values())
     steps = max(run["pixels"].shape[1] for run in runs.values())
@@ -294,6 +332,10 @@ def draw_window(ax, window, N: int, color: str = WRITE_COLOR):
     window = torch.as_tensor(window, dtype=torch.float32).cpu()
     if window.shape != (5,):
         raise ValueError(f"expected a window (g_X, g_Y, delta, sigma2, gamma) of shape (5,), got {tuple(window.shape)}")
+    if not torch.isfinite(window).all() or not (window[2:] > 0).all():
+        raise ValueError(f"window must be finite, with delta, sigma2 and gamma positive, got {window.tolist()}")
+    if N < 1:
+        raise ValueError(f"N must be positive, got {N}")
     linewidth = 0.8 + min(math.sqrt(float(window[3])), 6.0) / 2
     return draw_box(ax, window_box(window, N), color=color, linewidth=linewidth)
 
@@ -310,8 +352,11 @@ def filterbank_figure(image, g_X: float, g_Y: float, delta: float, sigma2: float
 
     x = _as_chw(image)[0]
     B, A = x.shape
-    if not (delta > 0 and sigma2 > 0 and gamma > 0):
-        raise ValueError(f"delta, sigma2 and gamma must be positive, got {delta}, {sigma2}, {gamma}")
+    _check_positive(delta=delta, sigma2=sigma2, gamma=gamma)
+    if not (math.isfinite(g_X) and math.isfinite(g_Y)):
+        raise ValueError(f"g_X and g_Y must be finite, got {g_X} and {g_Y}")
+    if N < 2:
+        raise ValueError(f"N must be at least 2 (the grid's stride divides by N - 1), got {N}")
     window = Window(*(torch.tensor([float(v)]) for v in (g_X, g_Y, delta, sigma2, gamma)))
     F_X, F_Y = filterbank(window.g_X, window.g_Y, window.delta, window.sigma2, N, A, B)
     patch = read(x[None], x[None], F_X, F_Y, window.gamma)[0, 0]
@@ -342,6 +387,7 @@ def filterbank_figure(image, g_X: float, g_Y: float, delta: float, sigma2: float
 def filterbank_explorer(images, N: int = 5) -> FigureWidget:
     """Sliders for DRAW's filterbank: centre (g_X, g_Y), stride delta, variance sigma^2, intensity gamma, N, image."""
     images = _image_batch(images)
+    _check_range("N", N, 2, 12)
     B, A = images.shape[-2:]
     style = {"description_width": "initial"}
     return interactive_figure(
@@ -370,6 +416,11 @@ def draw_generation_step(axes, canvases, step: int, windows=None, N: int = 5, in
     T = len(canvases)
     if not 0 <= step < T:
         raise ValueError(f"step must be in [0, {T - 1}], got {step}")
+    if windows is not None and torch.as_tensor(windows).shape != (T, 5):
+        raise ValueError(f"expected windows of shape ({T}, 5), one per step, got {tuple(torch.as_tensor(windows).shape)}")
+    if initial is not None and torch.as_tensor(initial).shape != canvases.shape[1:]:
+        raise ValueError(f"expected initial of shape {tuple(canvases.shape[1:])} like a canvas, got "
+                         f"{tuple(torch.as_tensor(initial).shape)}")
     left, right = axes
     show_image(left, canvases[step], f"canvas, t = {step + 1} of {T}")
     if windows is not None:
@@ -404,6 +455,10 @@ def generation_stepper(model, num_seeds: int = 20) -> FigureWidget:
     Each seed's sample is generated once (T decoder steps) and kept, so moving the step
     slider costs no model call.
     """
+    from .draw import DRAW
+
+    if not isinstance(model, DRAW):
+        raise TypeError(f"model must be a DRAW model, got {type(model).__name__}")
     if num_seeds < 1:
         raise ValueError(f"num_seeds must be positive, got {num_seeds}")
     config = model.config
@@ -444,13 +499,22 @@ def _attention_labels(kind: str, source: str, output: str) -> tuple[list[str], l
     return predicted, list(source)
 
 
-def _head_matrix(maps, kind: str, layer: int, head: int) -> torch.Tensor:
-    """One example's weights (rows, cols) for ``kind``, ``layer`` and ``head`` (-1: the mean over heads)."""
+def _kind_weights(maps, kind: str) -> torch.Tensor:
+    """One example's ``maps[kind]`` (L, h, rows, cols), checked."""
     if kind not in ATTENTION_KINDS:
         raise ValueError(f"kind must be one of {', '.join(ATTENTION_KINDS)}, got {kind!r}")
-    weights = torch.as_tensor(maps[kind])  # (L, h, rows, cols) for one example
-    if weights.dim() != 4:
-        raise ValueError(f"expected {kind} weights of shape (L, h, rows, cols), got {tuple(weights.shape)}")
+    if kind not in maps:
+        raise ValueError(f"maps has no {kind!r} weights; it has: {', '.join(map(str, maps))}")
+    weights = torch.as_tensor(maps[kind])
+    if weights.dim() != 4 or 0 in weights.shape[:2]:
+        raise ValueError(f"expected {kind} weights of shape (L, h, rows, cols) with L, h >= 1, got "
+                         f"{tuple(weights.shape)}")
+    return weights
+
+
+def _head_matrix(maps, kind: str, layer: int, head: int) -> torch.Tensor:
+    """One example's weights (rows, cols) for ``kind``, ``layer`` and ``head`` (-1: the mean over heads)."""
+    weights = _kind_weights(maps, kind)
     if not 0 <= layer < weights.shape[0]:
         raise ValueError(f"layer must be in [0, {weights.shape[0] - 1}], got {layer}")
     if not -1 <= head < weights.shape[1]:
@@ -485,7 +549,7 @@ def transformer_attention_figure(maps, source: str, output: str, kind: str = "cr
 
 def attention_grid_figure(maps, source: str, output: str, kind: str = "cross") -> plt.Figure:
     """Every layer (rows) and head (columns) of one attention kind for one example: the static view."""
-    weights = torch.as_tensor(maps[kind]).float().cpu()
+    weights = _kind_weights(maps, kind).float().cpu()
     layers, heads = weights.shape[:2]
     rows, cols = _attention_labels(kind, source, output)
     panel = 2.3 * max(len(rows) / max(len(cols), 1), 0.7)  # panel height: square-ish, never flat
@@ -519,6 +583,10 @@ def date_attention_figure(model, text: str, kind: str = "cross", layer: int = 0,
     from .data.sequences import decode, encode_batch
     from .transformer import attention_maps
 
+    if kind not in ATTENTION_KINDS:
+        raise ValueError(f"kind must be one of {', '.join(ATTENTION_KINDS)}, got {kind!r}")
+    if max_len < 1:
+        raise ValueError(f"max_len must be positive, got {max_len}")
     text = text.strip()
     if not text:
         return _message_figure("type a date, e.g. 24 November 2026")
@@ -533,6 +601,12 @@ def date_attention_figure(model, text: str, kind: str = "cross", layer: int = 0,
 
 def date_explorer(model, text: str = "Tuesday, 24 November 2026", max_len: int = 11) -> FigureWidget:
     """Type a date; see the model's output and any attention matrix (kind, layer, head)."""
+    from .transformer import Transformer
+
+    if not isinstance(model, Transformer):
+        raise TypeError(f"model must be a Transformer, got {type(model).__name__}")
+    if max_len < 1:
+        raise ValueError(f"max_len must be positive, got {max_len}")
     config = model.config
     layers = max(config.encoder_layers, config.decoder_layers)
     style = {"description_width": "initial"}
@@ -556,6 +630,10 @@ def positional_encoding_figure(d_model: int = 64, position: int = 10, offset: in
     similarity PE(pos) . PE(j) over j: it depends on j - pos only, through the rotations M_k."""
     from .transformer import pe_shift_matrix, positional_encoding
 
+    if d_model < 2 or d_model % 2:
+        raise ValueError(f"d_model must be a positive even number (sin and cos pairs), got {d_model}")
+    if max_len < 1:
+        raise ValueError(f"max_len must be positive, got {max_len}")
     if not 0 <= position < max_len or not 0 <= position + offset < max_len:
         raise ValueError(f"position and position + offset must lie in [0, {max_len - 1}], got {position} and "
                          f"{position + offset}")
@@ -585,6 +663,8 @@ def positional_encoding_figure(d_model: int = 64, position: int = 10, offset: in
 
 def positional_encoding_explorer(max_len: int = 64) -> FigureWidget:
     """Sliders for d_model, the position and the offset k of the sinusoidal encoding."""
+    if max_len < 2:
+        raise ValueError(f"max_len must be at least 2, got {max_len}")
     style = {"description_width": "initial"}
     return interactive_figure(
         lambda d_model, position, offset: positional_encoding_figure(d_model, position,
@@ -600,8 +680,11 @@ def softmax_scaling_figure(d_k: int = 64, temperature: float = 1.0, num_keys: in
     of (5.1), and how entropy and gradient (the Jacobian's norm) change with d_k at this temperature."""
     from .transformer import softmax_statistics
 
-    if d_k < 1 or not temperature > 0:
-        raise ValueError(f"d_k must be positive and temperature > 0, got {d_k} and {temperature}")
+    if d_k < 1:
+        raise ValueError(f"d_k must be positive, got {d_k}")
+    _check_positive(temperature=temperature)
+    if num_keys < 1:
+        raise ValueError(f"num_keys must be positive, got {num_keys}")
     g = torch.Generator().manual_seed(seed)
     q, k = torch.randn(d_k, generator=g), torch.randn(num_keys, d_k, generator=g)
     fig, (bars, curves) = plt.subplots(1, 2, figsize=(9.5, 3.2))
@@ -656,8 +739,10 @@ def caption_with_attention(model, images, beam_size: int = 1, hard: str = "argma
     """
     from .data.captions import EOS, PAD
     from .data.scenes import VOCAB
-    from .show_attend_tell import caption
+    from .show_attend_tell import ShowAttendTell, caption
 
+    if not isinstance(model, ShowAttendTell):
+        raise TypeError(f"model must be a ShowAttendTell captioner, got {type(model).__name__}")
     images = _image_batch(images)
     device = next(model.parameters()).device
     out = caption(model, images.to(device), beam_size=beam_size, hard=hard)
@@ -673,12 +758,19 @@ def caption_with_attention(model, images, beam_size: int = 1, hard: str = "argma
 
 def draw_word_attention(ax, image, word: str, alpha, beta=None, s=None, mode: str = "soft") -> None:
     """One word of a caption over its image: soft, the attention map alpha_t (L,) upsampled; hard, the read cell."""
+    if mode not in ("soft", "hard"):
+        raise ValueError(f"mode must be 'soft' or 'hard', got {mode!r}")
     image = _as_chw(image)
     S = image.shape[-1]
-    G = math.isqrt(len(alpha))
+    alpha = torch.as_tensor(alpha)
+    G = math.isqrt(alpha.numel())
+    if alpha.dim() != 1 or G == 0 or G * G != len(alpha):
+        raise ValueError(f"alpha must be one word's weights (L,) over a square grid, got {tuple(alpha.shape)}")
+    if s is not None and not 0 <= int(s) < len(alpha):
+        raise ValueError(f"s must be a location in [0, {len(alpha) - 1}], got {int(s)}")
     title = word if beta is None else f"{word}  (β={float(beta):.2f})"
     if mode == "soft":
-        attention_heatmap(ax, image.permute(1, 2, 0), torch.as_tensor(alpha).reshape(G, G), alpha=0.6)
+        attention_heatmap(ax, image.permute(1, 2, 0), alpha.reshape(G, G), alpha=0.6)
     elif mode == "hard":
         show_image(ax, image.permute(1, 2, 0))
         if s is not None:
@@ -697,6 +789,13 @@ def caption_attention_figure(image, result: dict, mode: str = "soft", ncols: int
 
     ``result`` is one entry of :func:`caption_with_attention`.
     """
+    missing = {"words", "alpha", "beta", "s"} - set(result)
+    if missing:
+        raise ValueError(f"result lacks {sorted(missing)} (pass one entry of caption_with_attention)")
+    if mode not in ("soft", "hard"):
+        raise ValueError(f"mode must be 'soft' or 'hard', got {mode!r}")
+    if ncols < 1:
+        raise ValueError(f"ncols must be positive, got {ncols}")
     words = result["words"]
     panels = len(words) + 1
     ncols = min(ncols, panels)
@@ -717,10 +816,15 @@ def compose_scene(objects: list[tuple[str, str, str, int, int]], image_size: int
     """An image (3, S, S) with up to three objects given as (size, colour, shape, column, row) of their centres."""
     from .data.scenes import COLOURS, MAX_OBJECTS, SHAPES, SIZES, Layout, render
 
+    if image_size < 24:
+        raise ValueError(f"image_size must be at least 24 pixels, got {image_size}")
     if not 1 <= len(objects) <= MAX_OBJECTS:
         raise ValueError(f"a scene holds 1 to {MAX_OBJECTS} objects, got {len(objects)}")
     columns = {name: [-1] * MAX_OBJECTS for name in ("shape", "colour", "size", "x", "y")}
-    for k, (size, colour, shape, x, y) in enumerate(objects):
+    for k, spec in enumerate(objects):
+        if len(spec) != 5:
+            raise ValueError(f"objects[{k}] must be (size, colour, shape, column, row), got {spec!r}")
+        size, colour, shape, x, y = spec
         for name, value, choices in (("size", size, SIZES), ("colour", colour, COLOURS), ("shape", shape, SHAPES)):
             if value not in choices:
                 raise ValueError(f"unknown {name} {value!r}; choose one of: {', '.join(choices)}")
@@ -742,7 +846,11 @@ def scene_explorer(models: dict, images) -> FigureWidget:
     """
     from .data.scenes import COLOURS, SHAPES, SIZES
 
+    if not models:
+        raise ValueError("models must name at least one captioner, e.g. {'soft': model}")
     images = _image_batch(images)
+    if images.dim() != 4 or images.shape[1] != 3:
+        raise ValueError(f"images must be RGB scenes (N, 3, S, S), got {tuple(images.shape)}")
     S = images.shape[-1]
 
     def draw(model, scene, beam_size, compose, size_1, colour_1, shape_1, x_1, y_1, second, size_2, colour_2, shape_2,
@@ -790,6 +898,13 @@ def render_line(text: str, font: str = "DejaVu Sans", noise: float = 0.0, rotati
 
     from .data.text_lines import FONTS, Style, render
 
+    if font not in FONTS:
+        raise ValueError(f"unknown font {font!r}; choose one of: {', '.join(FONTS)}")
+    for name, value in (("noise", noise), ("blur", blur)):
+        if not (math.isfinite(value) and value >= 0):
+            raise ValueError(f"{name} must be >= 0, got {value!r}")
+    if not math.isfinite(rotation):
+        raise ValueError(f"rotation must be finite (degrees), got {rotation!r}")
     style = replace(Style.clean(), noise=(noise, noise), blur=(blur, blur))
     fonts = torch.tensor([list(FONTS).index(font)])
     out = render([text.lower()], fonts, torch.Generator().manual_seed(seed), style, angles=torch.tensor([rotation]))
@@ -802,7 +917,11 @@ def reading_figure(image, result: dict, centres=None, text: str | None = None) -
     alignment matrix (characters x columns) with the true centres marked."""
     from .r2am import column_centres
 
-    image = torch.as_tensor(image).reshape(32, 100).cpu()
+    image = _text_line(image)[0, 0].cpu()
+    image = image.float() / 255 if image.dtype == torch.uint8 else image
+    missing = {"text", "alpha"} - set(result)
+    if missing:
+        raise ValueError(f"result lacks {sorted(missing)} (pass the output of read_line)")
     labels = result.get("labels") or list(result["text"]) + ["EOS"]
     steps = min(len(labels), len(result["alpha"]))  # the emitted characters and EOS
     labels = labels[:steps]
@@ -832,14 +951,31 @@ def reading_figure(image, result: dict, centres=None, text: str | None = None) -
     return fig
 
 
-def read_line(model, image) -> dict:
-    """The model's reading of one line (1, 32, 100): ``text``, ``alpha`` (steps, L) and ``labels``, one per step
-    up to and including EOS (a special token other than EOS shows as "?")."""
-    from .data.text_lines import ALPHABET, EOS
-    from .r2am import read
+def _text_line(image) -> torch.Tensor:
+    """One text line, (32, 100), (1, 32, 100) or (1, 1, 32, 100), as (1, 1, 32, 100); a clear error otherwise."""
+    from .data.text_lines import HEIGHT, WIDTH
 
+    line = torch.as_tensor(image)
+    if line.shape not in ((HEIGHT, WIDTH), (1, HEIGHT, WIDTH), (1, 1, HEIGHT, WIDTH)):
+        raise ValueError(f"image must be one text line of shape ({HEIGHT}, {WIDTH}) or (1, {HEIGHT}, {WIDTH}), got "
+                         f"{tuple(line.shape)} (resize or crop the line to {HEIGHT} x {WIDTH} first)")
+    return line.reshape(1, 1, HEIGHT, WIDTH)
+
+
+def read_line(model, image, polarity: str = "auto") -> dict:
+    """The model's reading of one line (1, 32, 100) in [0, 1]: ``text``, ``alpha`` (steps, L) and ``labels``, one per
+    step up to and including EOS (a special token other than EOS shows as "?").
+
+    ``polarity``: "auto" (default) reads light text on dark and ordinary dark text on light alike (a line
+    whose median pixel is above 1/2 is inverted first); "light_on_dark" or "dark_on_light" say which it is.
+    """
+    from .data.text_lines import ALPHABET, EOS
+    from .r2am import R2AM, read
+
+    if not isinstance(model, R2AM):
+        raise TypeError(f"model must be an R2AM reader, got {type(model).__name__}")
     device = next(model.parameters()).device
-    out = read(model, torch.as_tensor(image).reshape(1, 1, 32, 100).to(device))
+    out = read(model, _text_line(image).to(device), polarity=polarity)
     labels = []
     for token in out["tokens"][0].tolist():
         labels.append("EOS" if token == EOS else ALPHABET[token - 3] if token >= 3 else "?")
@@ -853,6 +989,8 @@ def text_line_explorer(models: dict, text: str = "attention") -> FigureWidget:
     for each character (the true centres as red circles). ``models`` maps names to trained R2AM models."""
     from .data.text_lines import FONTS, encode
 
+    if not models:
+        raise ValueError("models must name at least one R2AM reader, e.g. {'recurrent': model}")
     style = {"description_width": "initial"}
 
     def draw(model, text, font, noise, blur, rotation):
@@ -884,6 +1022,9 @@ def receptive_field_figure(T: int = 2, column: int = 12, text: str = "recursion"
 
     if not 0 <= T <= 6:
         raise ValueError(f"T must lie in [0, 6], got {T}")
+    columns = R2AMConfig().columns
+    if not 0 <= column < columns:
+        raise ValueError(f"column must lie in [0, {columns - 1}] (the encoder's columns), got {column}")
     torch.manual_seed(0)
     model = R2AM(R2AMConfig(T=T, c1=8, c2=8, D=16)).eval()
     line = render_line(text)["images"]

@@ -113,3 +113,28 @@ def test_soft_attention_mask_and_hard_sampling_frequencies():
     assert torch.allclose(frequencies, torch.softmax(scores[0], -1), atol=0.01)
     with pytest.raises(ValueError, match="num_samples"):
         hard_attention_sample(scores, values, 0)
+
+
+# --------------------------------------------------------------------------- bad input: a clear error naming the argument
+
+
+@pytest.mark.parametrize("match, call", [
+    ("size", lambda: glimpse(torch.rand(1, 1, 8, 8), 0.0, 0.0, 0.5, size=0)),
+    ("size", lambda: glimpse(torch.rand(1, 1, 8, 8), 0.0, 0.0, 0.5, size=2.5)),
+    ("scale", lambda: glimpse(torch.rand(1, 1, 8, 8), 0.0, 0.0, 0.0)),
+    ("x must be finite", lambda: glimpse(torch.rand(1, 1, 8, 8), float("nan"), 0.0, 0.5)),
+    ("y must be a float or a tensor of shape", lambda: glimpse(torch.rand(2, 1, 8, 8), 0.0, torch.zeros(3), 0.5)),
+    ("images", lambda: glimpse(torch.rand(1, 8, 8), 0.0, 0.0, 0.5)),
+    ("images", lambda: glimpse(torch.ones(1, 1, 8, 8, dtype=torch.long), 0.0, 0.0, 0.5)),
+    ("height", lambda: glimpse_corners(0.0, 0.0, 0.5, 0.0, 0, 8)),
+    ("width", lambda: glimpse_corners(0.0, 0.0, 0.5, 0.0, 8, -1)),
+    ("x, y, scale and angle", lambda: glimpse_corners(torch.zeros(0), torch.zeros(0), torch.zeros(0), torch.zeros(0),
+                                                      8, 8)),
+    ("scores", lambda: soft_attention(torch.rand(2, 3), torch.rand(2, 4, 5))),
+    ("mask", lambda: soft_attention(torch.rand(2, 3), torch.rand(2, 3, 5), mask=torch.ones(2, 3))),
+    ("num_samples", lambda: hard_attention_sample(torch.rand(2, 3), torch.rand(2, 3, 5), 0)),
+    ("scores", lambda: hard_attention_sample(torch.rand(2, 3, 1), torch.rand(2, 3, 5), 1)),
+], ids=lambda value: value if isinstance(value, str) else "")
+def test_bad_attention_input_gets_a_clear_error_naming_the_argument(match, call):
+    with pytest.raises(ValueError, match=match):
+        call()

@@ -305,15 +305,37 @@ def test_cuda_matches_cpu():
     assert torch.allclose(cpu["images"], gpu["images"].cpu(), rtol=0, atol=1e-6)
 
 
-@needs_mnist
-def test_real_digits_in_clutter_are_fast_enough():
-    import time
+# --------------------------------------------------------------------------- bad input to the batch makers (binarised
+# MNIST, the RAM variants, the variant tasks): a clear error naming the argument
 
-    images, labels = load_mnist("test")
-    make_variant("cluttered60", images[:100], labels[:100])
-    best = float("inf")
-    for seed in range(2):
-        start = time.perf_counter()
-        make_variant("cluttered60", images, labels, seed=seed)
-        best = min(best, time.perf_counter() - start)
-    assert best < 2.0  # 10,000 samples; about 0.1-0.4 s on two (busy) CPU cores
+
+def _bad_batch_maker_calls():
+    from attn_course.data.binarized import BinarizedMNIST, binarize
+    from attn_course.data.tasks import MNISTVariantTask
+
+    g = torch.Generator().manual_seed(0)
+    images, labels = torch.zeros(4, 28, 28, dtype=torch.uint8), torch.arange(4)
+    return [
+        (ValueError, "floating images must lie in", lambda: binarize(torch.full((2, 28, 28), 255.0))),
+        (TypeError, "images must be uint8", lambda: binarize(torch.zeros(2, 28, 28, dtype=torch.long))),
+        (TypeError, "images", lambda: binarize([[0.5]])),
+        (ValueError, "size", lambda: translated_mnist(images, labels, size=20)),
+        (ValueError, "num_distractors", lambda: cluttered_mnist(images, labels, num_distractors=-1)),
+        (ValueError, "variant 'mnist64'.*translated60", lambda: make_variant("mnist64", images, labels)),
+        (ValueError, "labels", lambda: make_variant("mnist28", images, labels.float())),
+        (ValueError, "variant 'mnist64'", lambda: MNISTVariantTask("mnist64")),
+        pytest.param(ValueError, "batch_size", lambda: MNISTVariantTask("mnist28", test_size=10).sample(g, 0),
+                     marks=needs_mnist),
+        pytest.param(ValueError, "batch_size", lambda: next(MNISTVariantTask("mnist28", test_size=10).test_batches(0)),
+                     marks=needs_mnist),
+        pytest.param(ValueError, "test_size", lambda: MNISTVariantTask("mnist28", test_size=0), marks=needs_mnist),
+        pytest.param(ValueError, "batch_size", lambda: BinarizedMNIST(test_size=10).sample(g, 0), marks=needs_mnist),
+        pytest.param(ValueError, "batch_size", lambda: next(BinarizedMNIST(test_size=10).test_batches(0)),
+                     marks=needs_mnist),
+    ]
+
+
+@pytest.mark.parametrize("error, match, call", _bad_batch_maker_calls())
+def test_bad_batch_maker_input_gets_a_clear_error_naming_the_argument(error, match, call):
+    with pytest.raises(error, match=match):
+        call()

@@ -251,3 +251,67 @@ def test_shipped_draw_meets_the_target_beside_its_comparison():
     assert all(same(key) for key in ("T", "enc_size", "dec_size", "z_size"))
     batch = [card["command"].split("--batch-size ")[1].split()[0] for card in cards.values()]
     assert batch[0] == batch[1]
+
+
+# --------------------------------------------------------------------------- bad input: a clear error naming the argument
+
+
+def _bad_draw_calls():
+    from attn_course import draw
+
+    one = lambda v: torch.tensor([float(v)])  # noqa: E731
+    fb = lambda **kw: filterbank(**{"g_X": one(14), "g_Y": one(14), "delta": one(2), "sigma2": one(1), "N": 5,  # noqa: E731
+                                    "A": 28, "B": 28, **kw})
+    F_X, F_Y = fb()
+    x = torch.rand(1, 28, 28)
+    tiny = DRAW(DRAWConfig(T=2, enc_size=8, dec_size=8, z_size=4))
+    return [
+        (ValueError, "sigma2 must be positive", lambda: fb(sigma2=one(0))),
+        (ValueError, "delta must be positive", lambda: fb(delta=one(-1))),
+        (ValueError, "g_X must be finite", lambda: fb(g_X=one(float("nan")))),
+        (ValueError, "sigma2 must be finite", lambda: fb(sigma2=one(float("inf")))),
+        (ValueError, "N >= 2", lambda: fb(N=1)),
+        (ValueError, r"A \(image width", lambda: fb(A=0)),
+        (ValueError, r"B \(image height", lambda: fb(B=2.5)),
+        (ValueError, "g_Y", lambda: fb(g_Y=torch.zeros(2))),
+        (ValueError, "delta", lambda: fb(delta=2.0)),
+        (ValueError, "N >= 2", lambda: grid_centres(one(1), one(1), 0)),
+        (ValueError, "g and delta", lambda: grid_centres(one(1), torch.ones(2), 3)),
+        (ValueError, "attention parameters", lambda: attention_window(torch.zeros(2, 4), 5, 28, 28)),
+        (ValueError, r"A \(image width", lambda: attention_window(torch.zeros(2, 5), 5, 0, 28)),
+        (ValueError, "gamma must be positive", lambda: draw.read(x, x, F_X, F_Y, one(0))),
+        (ValueError, "gamma", lambda: draw.read(x, x, F_X, F_Y, torch.ones(3))),
+        (ValueError, "x_hat", lambda: draw.read(x, x[:, :20], F_X, F_Y, one(1))),
+        (ValueError, "F_X", lambda: draw.read(x, x, F_X[:, :, :20], F_Y, one(1))),
+        (ValueError, "gamma must be positive", lambda: draw.write(torch.rand(1, 5, 5), F_X, F_Y, one(0))),
+        (ValueError, "w of shape", lambda: draw.write(torch.rand(1, 5, 4), F_X, F_Y, one(1))),
+        (ValueError, "x_hat", lambda: draw.read_no_attention(x, x[0])),
+        (ValueError, "N >= 2", lambda: draw.read_loop(x, x, Window(one(14), one(14), one(2), one(1), one(1)), 1)),
+        (TypeError, "config", lambda: DRAW({"T": 2})),
+        (ValueError, "images", lambda: tiny(torch.rand(2, 28, 28))),
+        (ValueError, "n >= 1", lambda: tiny.generate(0)),
+        (ValueError, "mu and log_sigma", lambda: gaussian_kl(torch.zeros(2, 3), torch.zeros(3, 2))),
+        (ValueError, "images", lambda: draw.negative_elbo(tiny(torch.rand(2, 1, 28, 28)), torch.rand(3, 1, 28, 28))),
+        (ValueError, "K", lambda: importance_sampled_log_likelihood(tiny, torch.rand(2, 1, 28, 28), 0)),
+        (ValueError, "task 'cifar'.*mnist", lambda: draw.config_for("cifar")),
+        (ValueError, "batch_size", lambda: draw.evaluate_bound(tiny, None, batch_size=0)),
+        (ValueError, "steps", lambda: draw.train_draw(steps=0, device="cpu", progress=False)),
+        (ValueError, "batch_size", lambda: draw.train_draw(batch_size=0, device="cpu", progress=False)),
+        (ValueError, "lr", lambda: draw.train_draw(lr=0.0, device="cpu", progress=False)),
+        (ValueError, "task 'cifar'", lambda: draw.train_draw("cifar", device="cpu", progress=False)),
+        (TypeError, "config", lambda: draw.train_draw(config={"T": 2}, device="cpu", progress=False)),
+        (ValueError, "steps", lambda: draw.train_draw_noattn(steps=-1, device="cpu", progress=False)),
+        (ValueError, "N must", lambda: draw.window_box(torch.tensor([14.0, 14.0, 2.0, 1.0, 1.0]), 0)),
+        (ValueError, "window", lambda: draw.window_box(torch.tensor([14.0, 14.0, 2.0]), 5)),
+        (ValueError, "window", lambda: grid_points(torch.zeros(2, 5), 5)),
+    ]
+
+
+BAD_DRAW_CALLS = _bad_draw_calls()
+
+
+@pytest.mark.parametrize("error, match, call", BAD_DRAW_CALLS,
+                         ids=[f"{i}-{c[1].split()[0]}" for i, c in enumerate(BAD_DRAW_CALLS)])
+def test_bad_draw_input_gets_a_clear_error_naming_the_argument(error, match, call):
+    with pytest.raises(error, match=match):
+        call()

@@ -173,3 +173,88 @@ def test_the_reader_without_attention_has_no_attention_network_and_still_decodes
         assert len(out["texts"]) == 3
     with pytest.raises(ValueError, match="without attention"):
         without.step(torch.zeros(3, dtype=torch.long), without.annotate(images), "expected")
+
+
+# --------------------------------------------------------------------------- reading dark text on light paper
+
+
+@pytest.mark.slow
+def test_the_shipped_reader_reads_dark_text_on_light_paper():
+    from attn_course.data.text_lines import FONTS, load_words, render, split_words
+    from attn_course.r2am import read, to_light_on_dark
+    from attn_course.registry import load_pretrained
+    from attn_course.widgets import read_line
+
+    reader = load_pretrained("r2am", "recurrent", device="cpu")
+    g = torch.Generator().manual_seed(0)
+    words = split_words(load_words())["test"]
+    texts = [words[i] for i in torch.randint(len(words), (24,), generator=g).tolist()]
+    lines = render(texts, torch.randint(len(FONTS), (24,), generator=g), g)["images"]  # light text on dark
+    paper = 1 - lines  # ordinary print: dark text on a light background
+    assert torch.equal(to_light_on_dark(lines), lines) and torch.allclose(to_light_on_dark(paper), lines, atol=1e-6)
+    as_rendered = read(reader, lines)["texts"]
+    assert sum(r == t for r, t in zip(as_rendered, texts)) >= 20  # about 96% of held-out words
+    assert read(reader, paper)["texts"] == as_rendered  # polarity="auto" inverts it first
+    assert read(reader, paper, polarity="dark_on_light")["texts"] == as_rendered
+    misread = read(reader, paper, polarity="light_on_dark")["texts"]  # what the readers did before
+    assert sum(r == t for r, t in zip(misread, texts)) < sum(r == t for r, t in zip(as_rendered, texts)) // 2
+    assert read_line(reader, paper[0])["text"] == read_line(reader, lines[0])["text"] == as_rendered[0]
+    assert read_line(reader, paper[0], polarity="light_on_dark")["text"] != as_rendered[0]
+
+
+# --------------------------------------------------------------------------- bad input: a clear error naming the argument
+
+
+def _bad_r2am_calls():
+    from attn_course import r2am
+
+    model = R2AM(R2AMConfig(c1=4, c2=4, D=8, m=4, n=8, att_hidden=4)).eval()
+    line = torch.rand(1, 1, HEIGHT, WIDTH)
+    return [
+        (ValueError, "block 'dense'.*recursive", lambda: r2am.make_block("dense", 8, 2)),
+        (ValueError, "channels", lambda: r2am.make_block("plain", 0, 2)),
+        (ValueError, r"T \(steps after t = 0\)", lambda: r2am.make_block("recurrent", 8, -1)),
+        (ValueError, r"T \(steps after t = 0\)", lambda: RecursiveBlock(8, -1)),
+        (ValueError, "channels", lambda: RecurrentBlock(0, 2)),
+        (ValueError, r"T \(steps after t = 0\)", lambda: PlainBlock(8, -2)),
+        (ValueError, "block 'dense'", lambda: r2am.block_parameters("dense", 8, 2)),
+        (ValueError, "kernel", lambda: r2am.block_parameters("plain", 8, 2, kernel=0)),
+        (ValueError, r"T \(steps after t = 0\)", lambda: r2am.receptive_field(-1)),
+        (ValueError, r"T \(steps after t = 0\)", lambda: r2am.receptive_field(1.5)),
+        (TypeError, "config", lambda: R2AM({"block": "plain"})),
+        (ValueError, "text lines", lambda: model.encoder(torch.rand(1, 1, 64, 50))),
+        (ValueError, "tokens", lambda: model(line, torch.ones(1, 2, dtype=torch.long))),
+        (ValueError, "context", lambda: model.step(torch.ones(1, dtype=torch.long), model.annotate(line), "peek")),
+        (TypeError, "model", lambda: r2am.read(object(), line)),
+        (ValueError, r"images must be text lines .*\(1, 1, 64, 50\)", lambda: r2am.read(model, torch.rand(1, 1, 64, 50))),
+        (ValueError, "images must be text lines", lambda: r2am.read(model, torch.rand(0, 1, HEIGHT, WIDTH))),
+        (TypeError, "images", lambda: r2am.read(model, line.numpy())),
+        (TypeError, "images", lambda: r2am.read(model, line.long())),
+        (ValueError, r"images must lie in \[0, 1\]", lambda: r2am.read(model, line * 255)),
+        (ValueError, r"images must lie in \[0, 1\]", lambda: r2am.read(model, line * float("nan"))),
+        (ValueError, "beam_size", lambda: r2am.read(model, line, beam_size=0)),
+        (ValueError, "polarity must be one of auto, light_on_dark, dark_on_light", lambda: r2am.read(model, line,
+                                                                                                   polarity="dark")),
+        (ValueError, "polarity", lambda: r2am.to_light_on_dark(line, "negative")),
+        (ValueError, "columns", lambda: r2am.column_centres(0)),
+        (ValueError, "centres", lambda: r2am.alignment(torch.rand(2, 3, 25), torch.rand(3, 10))),
+        (ValueError, "targets", lambda: r2am.character_error_rate(["a"], [""])),
+        (ValueError, "targets", lambda: r2am.character_error_rate(["a"], ["a", "b"])),
+        (TypeError, "targets", lambda: r2am.character_error_rate("ab", "ab")),
+        (ValueError, "batch_size", lambda: r2am.evaluate_reading(model, None, batch_size=0)),
+        (ValueError, "variant 'dense'.*recursive", lambda: r2am.train_r2am("dense", device="cpu")),
+        (ValueError, "steps", lambda: r2am.train_r2am(device="cpu", steps=0, progress=False)),
+        (ValueError, "batch_size", lambda: r2am.train_r2am(device="cpu", batch_size=0, progress=False)),
+        (ValueError, "lr", lambda: r2am.train_r2am(device="cpu", lr=-1.0, progress=False)),
+        (TypeError, "config", lambda: r2am.train_r2am(device="cpu", config={"T": 3}, progress=False)),
+    ]
+
+
+BAD_R2AM_CALLS = _bad_r2am_calls()
+
+
+@pytest.mark.parametrize("error, match, call", BAD_R2AM_CALLS,
+                         ids=[f"{i}-{c[1].split()[0]}" for i, c in enumerate(BAD_R2AM_CALLS)])
+def test_bad_reading_input_gets_a_clear_error_naming_the_argument(error, match, call):
+    with pytest.raises(error, match=match):
+        call()

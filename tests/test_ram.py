@@ -203,3 +203,59 @@ def test_shipped_ram_checkpoints_meet_their_targets():
         assert card["test_examples"] == 10_000
         # the recipe in the package is the one that trained it, so the card's command reproduces it
         assert card["model_config"] == _model_config(task), f"ram-{task} was trained with another configuration"
+
+
+# --------------------------------------------------------------------------- bad input: a clear error naming the argument
+
+
+def _bad_ram_calls():
+    from attn_course import ram
+    from attn_course.baselines import Convolutional, FullyConnected, classification_loss
+    from attn_course.registry import get_spec
+
+    images = torch.rand(2, 1, 28, 28)
+    model = RecurrentAttentionModel(RAMConfig(num_glimpses=2, hidden=8, glimpse_hidden=8, glimpse_features=8))
+    return [
+        (ValueError, "glimpse_size", lambda: glimpse_sensor(images, torch.zeros(2, 2), 0, 1)),
+        (ValueError, "num_scales", lambda: glimpse_sensor(images, torch.zeros(2, 2), 8, 0)),
+        (ValueError, "glimpse_size", lambda: glimpse_sensor(images, torch.zeros(2, 2), 2.5, 1)),
+        (ValueError, "largest patch", lambda: glimpse_sensor(images, torch.zeros(2, 2), 8, 6)),
+        (ValueError, "locations l", lambda: glimpse_sensor(images, torch.full((2, 2), float("nan")), 8, 1)),
+        (ValueError, "locations l", lambda: glimpse_sensor(images, [[0.0, 0.0]] * 2, 8, 1)),
+        (ValueError, "glimpse_size", lambda: ram.glimpse_sensor_loop(images, torch.zeros(2, 2), 0, 1)),
+        (ValueError, "centre", lambda: ram.box_filterbank(torch.zeros(2, 1), 8, 1, 28)),
+        (ValueError, "length", lambda: ram.box_filterbank(torch.zeros(2), 8, 1, 0)),
+        (TypeError, "config", lambda: RecurrentAttentionModel({"image_size": 28})),
+        (ValueError, "channels", lambda: RecurrentAttentionModel(RAMConfig(), channels=0)),
+        (ValueError, "num_glimpses", lambda: model(images, num_glimpses=0)),
+        (ValueError, "l_0", lambda: model(images, l_0=torch.zeros(3, 2))),
+        (ValueError, r"l_0 must lie in \[-1, 1\]", lambda: model(images, l_0=torch.full((2, 2), 2.0))),
+        (ValueError, r"locations must lie in \[-1, 1\]", lambda: model(images, locations=torch.full((2, 2, 2), -3.0))),
+        (ValueError, "std", lambda: ram.gaussian_log_likelihood(torch.zeros(1, 2), torch.zeros(1, 2), 0.0)),
+        (ValueError, "labels", lambda: ram.hybrid_loss(model(images), torch.zeros(3, dtype=torch.long))),
+        (ValueError, "task 'mnist64'.*mnist28", lambda: ram.first_location("mnist64", 2, "cpu")),
+        (ValueError, "size", lambda: ram.to_pixels(torch.zeros(2), 0)),
+        (ValueError, "boxes", lambda: ram.inside_boxes(torch.zeros(2, 3, 2), torch.zeros(2, 5), 28)),
+        (ValueError, "steps", lambda: train_ram("mnist28", device="cpu", steps=0, progress=False)),
+        (ValueError, "batch_size", lambda: train_ram("mnist28", device="cpu", batch_size=0, progress=False)),
+        (TypeError, "config", lambda: train_ram("mnist28", device="cpu", config={"num_glimpses": 2}, progress=False)),
+        (ValueError, "image_size", lambda: FullyConnected(0)),
+        (ValueError, "hidden", lambda: FullyConnected(28, hidden=0)),
+        (ValueError, "stride", lambda: Convolutional(28, stride=0)),
+        (ValueError, "kernel", lambda: Convolutional(8)),
+        (ValueError, "labels", lambda: classification_loss(FullyConnected(28), {"images": images,
+                                                                               "labels": torch.zeros(5).long()})),
+        (ValueError, "steps", lambda: get_spec("fc").train("mnist28", device="cpu", steps=0, progress=False)),
+        (ValueError, "batch_size", lambda: get_spec("conv").train("mnist28", device="cpu", batch_size=-1)),
+        (ValueError, "task 'mnist64'", lambda: get_spec("conv").model_config("mnist64")),
+    ]
+
+
+BAD_RAM_CALLS = _bad_ram_calls()
+
+
+@pytest.mark.parametrize("error, match, call", BAD_RAM_CALLS,
+                         ids=[f"{i}-{c[1].split()[0]}" for i, c in enumerate(BAD_RAM_CALLS)])
+def test_bad_ram_input_gets_a_clear_error_naming_the_argument(error, match, call):
+    with pytest.raises(error, match=match):
+        call()

@@ -1,7 +1,6 @@
 """Shape scenes and captions: determinism, disjoint splits, held-out compositions, masks and referents; the COCO loader."""
 
 import json
-import time
 
 import pytest
 import torch
@@ -107,12 +106,10 @@ def test_captions_name_the_objects_and_their_relation(scenes):
     assert torch.equal(recovered[known], refs[:, 0][known]) and known.sum() > 0.9 * (refs[:, 0] >= 0).sum()
 
 
-def test_generation_is_fast_and_batches_are_well_formed():
-    start = time.perf_counter()
+def test_generation_batches_are_well_formed():
+    # how fast generation runs is measured in benchmarks/, not asserted here
     layout = sample_layouts(torch.Generator().manual_seed(0), 10_000)
     text = captions(layout)
-    elapsed = time.perf_counter() - start
-    assert elapsed < 5.0, f"10,000 scenes took {elapsed:.1f} s"
     assert text["captions"].shape == (10_000, 6, 17)
     counts = torch.bincount(layout.count, minlength=4)[1:].float() / 10_000
     assert torch.allclose(counts, torch.tensor([0.2, 0.4, 0.4]), atol=0.05)
@@ -253,3 +250,54 @@ def test_left_to_right_training_names_the_objects_from_left_to_right():
     assert "left to right" in data.describe() and "left to right" not in anyway.describe()
     with pytest.raises(ValueError, match="training_order"):
         ShapeScenes(seed=4, train_size=10, val_size=1, test_size=1, training_order="top_down")
+
+
+# --------------------------------------------------------------------------- bad input: a clear error naming the argument
+
+
+def _bad_scene_calls():
+    from attn_course.data import scenes as sc
+    from attn_course.data.captions import CaptionData
+
+    g = torch.Generator().manual_seed(0)
+    layout = sample_layouts(torch.Generator().manual_seed(0), 2)
+    data = ShapeScenes(seed=0, train_size=4, val_size=4, test_size=4)
+    pairs = CaptionData(torch.rand(2, 3, 8, 8), torch.ones(2, 1, 3, dtype=torch.long), torch.ones(2).long(), VOCAB,
+                        ["a.png", "b.png"])
+    return [
+        (ValueError, "image_size", lambda: sc.radii(torch.zeros(2).long(), 0)),
+        (ValueError, "n ", lambda: sample_layouts(g, -1)),
+        (ValueError, "image_size", lambda: sample_layouts(g, 2, image_size=8)),
+        (ValueError, "count", lambda: sc.draw_specks(g, 2, -1)),
+        (ValueError, "image_size", lambda: sc.draw_specks(g, 2, 3, image_size=1)),
+        (TypeError, "layout", lambda: render({"count": 1})),
+        (ValueError, "image_size", lambda: render(layout, image_size=0)),
+        (ValueError, "specks", lambda: render(layout, specks=torch.zeros(3, 2, 3).long())),
+        (ValueError, "tokens", lambda: caption_referents(torch.zeros(3, 4).long(), layout)),
+        (ValueError, "tokens must be ids", lambda: caption_referents(torch.full((2, 4), len(VOCAB)), layout)),
+        (ValueError, "every split", lambda: ShapeScenes(train_size=0)),
+        (ValueError, "image_size", lambda: ShapeScenes(train_size=4, val_size=4, test_size=4, image_size=16)),
+        (ValueError, "split 'dev'", lambda: data.split("dev")),
+        (ValueError, "batch_size", lambda: next(data.batches("test", batch_size=0))),
+        (ValueError, "batch_size", lambda: data.sample(g, 0)),
+        (TypeError, "caption", lambda: tokenize(None)),
+        (ValueError, r"ids must lie in \[0, 20\]", lambda: VOCAB.decode([1, 99])),
+        (ValueError, "ids", lambda: VOCAB.decode_batch(torch.zeros(3).long())),
+        (TypeError, "captions", lambda: VOCAB.encode_batch("a red circle")),
+        (ValueError, "min_count", lambda: Vocabulary.build(["a dog"], min_count=0)),
+        (TypeError, "captions", lambda: Vocabulary.build("a dog")),
+        (ValueError, "batch_size", lambda: pairs.sample(g, 0)),
+        (ValueError, "batch_size", lambda: next(pairs.batches(0))),
+        (ValueError, "image_size", lambda: load_coco_captions("none.json", ".", image_size=0)),
+        (ValueError, "max_words", lambda: load_coco_captions("none.json", ".", max_words=0)),
+    ]
+
+
+BAD_SCENE_CALLS = _bad_scene_calls()
+
+
+@pytest.mark.parametrize("error, match, call", BAD_SCENE_CALLS,
+                         ids=[f"{i}-{c[1].split()[0]}" for i, c in enumerate(BAD_SCENE_CALLS)])
+def test_bad_scene_input_gets_a_clear_error_naming_the_argument(error, match, call):
+    with pytest.raises(error, match=match):
+        call()

@@ -91,3 +91,43 @@ def test_test_set_is_fixed_large_and_disjoint_from_training(name):
     batches = list(task.test_batches(700))
     assert sum(len(b["src"]) for b in batches) == len(test["src"])
     assert batches[0]["carriers"].shape[1:] == (batches[0]["tgt"].shape[1] - 1, batches[0]["src"].shape[1])
+
+
+# --------------------------------------------------------------------------- bad input: a clear error naming the argument
+
+
+def _bad_sequence_calls():
+    from attn_course.data.sequences import encode_batch, render_dates, source_hash
+
+    g = torch.Generator().manual_seed(0)
+    one = lambda v: torch.tensor([v])  # noqa: E731
+    date = {"year": one(2000), "month": one(5), "day": one(3), "weekday": one(2), "formats": one(0)}
+    task = SequenceTask("copy", test_size=4)
+    return [
+        (TypeError, "text", lambda: encode(None)),
+        (ValueError, "not in the vocabulary", lambda: encode("ä")),
+        (TypeError, "texts", lambda: encode_batch("abc")),
+        (ValueError, "at least one string", lambda: encode_batch([])),
+        (ValueError, "src", lambda: source_hash(torch.zeros(3).long())),
+        (ValueError, r"month must be integers in \[1, 12\]", lambda: render_dates(**{**date, "month": one(13)})),
+        (ValueError, "day", lambda: render_dates(**{**date, "day": one(0)})),
+        (ValueError, "weekday", lambda: render_dates(**{**date, "weekday": one(7)})),
+        (ValueError, "year", lambda: render_dates(**{**date, "year": one(1850)})),
+        (ValueError, "formats", lambda: render_dates(**{**date, "formats": one(len(DATE_FORMATS))})),
+        (ValueError, "formats", lambda: render_dates(**{**date, "formats": torch.tensor([0, 1])})),
+        (ValueError, "task 'add'.*copy", lambda: SequenceTask("add")),
+        (ValueError, "min_length", lambda: SequenceTask("copy", min_length=5, max_length=3)),
+        (ValueError, "test_size", lambda: SequenceTask("copy", test_size=0)),
+        (ValueError, "batch_size", lambda: task.sample(g, 0)),
+        (ValueError, "batch_size", lambda: next(task.test_batches(0))),
+    ]
+
+
+BAD_SEQUENCE_CALLS = _bad_sequence_calls()
+
+
+@pytest.mark.parametrize("error, match, call", BAD_SEQUENCE_CALLS,
+                         ids=[f"{i}-{c[1].split()[0]}" for i, c in enumerate(BAD_SEQUENCE_CALLS)])
+def test_bad_sequence_input_gets_a_clear_error_naming_the_argument(error, match, call):
+    with pytest.raises(error, match=match):
+        call()

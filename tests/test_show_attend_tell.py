@@ -263,3 +263,57 @@ def test_without_f_init_every_image_starts_from_the_same_state():
     loss = loss[0] if isinstance(loss, tuple) else loss
     loss.backward()
     assert model.h_0.grad is not None and model.h_0.grad.abs().sum() > 0  # the start is learned
+
+
+# --------------------------------------------------------------------------- bad input: a clear error naming the argument
+
+
+def _bad_sat_calls():
+    from attn_course import show_attend_tell as sat
+
+    model = ShowAttendTell(SATConfig(vocab_size=len(VOCAB), channels=4, D=8, m=8, n=8, att_hidden=8)).eval()
+    images = torch.rand(2, 3, 64, 64)
+    a = torch.rand(2, 4, 8)
+    return [
+        (ValueError, "beta", lambda: sat.soft_context(a, torch.rand(2, 4), torch.rand(2))),
+        (ValueError, "alpha", lambda: sat.soft_context(a, torch.rand(2, 5))),
+        (TypeError, "locations s", lambda: sat.hard_context(a, torch.zeros(2))),
+        (TypeError, "config", lambda: ShowAttendTell({"attention": "soft"})),
+        (ValueError, "images", lambda: model.annotate(torch.rand(2, 3, 32, 32))),
+        (ValueError, "captions", lambda: model(images, torch.ones(2, 1, dtype=torch.long))),
+        (ValueError, "context", lambda: model.step(torch.ones(2, dtype=torch.long), model.annotate(images), "peek")),
+        (ValueError, "mask", lambda: sat.doubly_stochastic_penalty(torch.rand(2, 3, 4), torch.ones(2, 4))),
+        (ValueError, "mask", lambda: sat.doubly_stochastic_gradient(torch.rand(2, 3, 4), torch.ones(3, 3))),
+        (ValueError, "targets", lambda: sat.caption_log_likelihood(torch.rand(2, 3, 5), torch.zeros(2, 4).long())),
+        (ValueError, "max_len", lambda: sat.greedy_decode(model, images, max_len=0)),
+        (ValueError, "hard", lambda: sat.greedy_decode(model, images, hard="soft")),
+        (ValueError, "beam_size", lambda: sat.beam_search(model, images, beam_size=0)),
+        (ValueError, "beam_size", lambda: sat.caption(model, images, beam_size=-2)),
+        (ValueError, "max_order", lambda: sat.corpus_bleu(["a b"], [["a b"]], max_order=0)),
+        (TypeError, "hypotheses", lambda: sat.corpus_bleu("a b", [["a b"]])),
+        (ValueError, "reference", lambda: sat.corpus_bleu(["a b"], [[]])),
+        (ValueError, "grid", lambda: sat.location_cover(torch.ones(1, 1, 8, 8), 0)),
+        (ValueError, "masks", lambda: sat.location_cover(torch.ones(1, 8, 8), 2)),
+        (ValueError, "masks", lambda: sat.attention_correctness(torch.rand(2, 3, 4), torch.zeros(2, 3).long(),
+                                                                 torch.ones(3, 1, 8, 8))),
+        (ValueError, "alpha", lambda: sat.attention_correctness(torch.rand(2, 3, 5), torch.zeros(2, 3).long(),
+                                                                 torch.ones(2, 1, 8, 8))),
+        (ValueError, "batch_size", lambda: sat.evaluate_captions(model, None, batch_size=0)),
+        (ValueError, "batch_size", lambda: sat.attention_hit_by_phrase(model, None, batch_size=0)),
+        (ValueError, "variant 'soft2'.*soft, hard, none", lambda: sat.train_sat("soft2", device="cpu")),
+        (ValueError, "steps", lambda: sat.train_sat("soft", device="cpu", steps=0, progress=False)),
+        (ValueError, "batch_size", lambda: sat.train_sat("soft", device="cpu", batch_size=0, progress=False)),
+        (ValueError, "lr", lambda: sat.train_sat("soft", device="cpu", lr=0.0, progress=False)),
+        (ValueError, "alpha", lambda: sat.attention_maps(torch.rand(2, 5))),
+        (ValueError, "image_size", lambda: sat.attention_maps(torch.rand(2, 4), image_size=0)),
+    ]
+
+
+BAD_SAT_CALLS = _bad_sat_calls()
+
+
+@pytest.mark.parametrize("error, match, call", BAD_SAT_CALLS,
+                         ids=[f"{i}-{c[1].split()[0]}" for i, c in enumerate(BAD_SAT_CALLS)])
+def test_bad_captioning_input_gets_a_clear_error_naming_the_argument(error, match, call):
+    with pytest.raises(error, match=match):
+        call()

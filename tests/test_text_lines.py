@@ -119,3 +119,53 @@ def test_custom_word_list(tmp_path):
     assert len(words) == 300
     with pytest.raises(FileNotFoundError, match="no word list"):
         load_words(tmp_path / "missing.txt")
+
+
+# --------------------------------------------------------------------------- bad input: a clear error naming the argument
+
+
+def _bad_text_line_calls():
+    from attn_course.data import text_lines as tl
+
+    g = torch.Generator().manual_seed(0)
+    data = tl.TextLines(tl.TextLineConfig(test_size=2, val_size=2))
+    return [
+        (ValueError, "max_length", lambda: tl.encode("abc", max_length=0)),
+        (ValueError, "outside the alphabet", lambda: tl.encode("ab!")),
+        (TypeError, "texts", lambda: tl.encode_batch("abc")),
+        (TypeError, "text", lambda: tl.is_test_string(None)),
+        (ValueError, "split", lambda: tl.random_strings(g, 3, split="dev")),
+        (ValueError, "n ", lambda: tl.random_strings(g, -1)),
+        (ValueError, "letters", lambda: tl.random_strings(g, 3, letters="")),
+        (ValueError, "cases", lambda: tl.apply_case(["ab", "cd"], torch.tensor([0, 3]))),
+        (ValueError, "cases", lambda: tl.apply_case(["ab", "cd"], torch.tensor([0]))),
+        (ValueError, "font 'Comic'.*DejaVu Sans", lambda: tl.font_path("Comic")),
+        (ValueError, "font 'Comic'", lambda: tl.glyph_atlas(("Comic",))),
+        (ValueError, "Style.blur", lambda: tl.Style(blur=(1.0, 0.0))),
+        (ValueError, "Style.noise", lambda: tl.Style(noise=(-0.1, 0.1))),
+        (ValueError, "Style.text_height", lambda: tl.Style(text_height=(0.0, 0.5))),
+        (ValueError, "Style.rotation_degrees", lambda: tl.Style(rotation_degrees=float("nan"))),
+        (ValueError, "Style.cases", lambda: tl.Style(cases=(0.0, 0.0, 0.0))),
+        (ValueError, "fonts", lambda: tl.render(["abc", "de"], torch.tensor([0]), g)),
+        (TypeError, "texts", lambda: tl.render("abc", torch.tensor([0, 0, 0]), g)),
+        (ValueError, "cases", lambda: tl.render(["abc"], torch.tensor([0]), g, cases=torch.tensor([0, 1]))),
+        (ValueError, "angles", lambda: tl.render(["abc"], torch.tensor([0]), g, angles=torch.zeros(3))),
+        (ValueError, "angles", lambda: tl.render(["abc"], torch.tensor([0]), g, angles=torch.tensor([float("nan")]))),
+        (ValueError, "test_size", lambda: tl.TextLineConfig(test_size=0)),
+        (ValueError, "unknown fonts", lambda: tl.TextLineConfig(fonts=("Comic",))),
+        (ValueError, "batch_size", lambda: data.sample(g, 0)),
+        (ValueError, "batch_size", lambda: next(data.batches("val_words", batch_size=0))),
+        (ValueError, "split 'dev'", lambda: data.split("dev")),
+        (ValueError, "split", lambda: data.draw_texts(g, 2, "dev", 0.0)),
+        (ValueError, "random_fraction", lambda: data.draw_texts(g, 2, "train", 1.5)),
+    ]
+
+
+BAD_TEXT_LINE_CALLS = _bad_text_line_calls()
+
+
+@pytest.mark.parametrize("error, match, call", BAD_TEXT_LINE_CALLS,
+                         ids=[f"{i}-{c[1].split()[0]}" for i, c in enumerate(BAD_TEXT_LINE_CALLS)])
+def test_bad_text_line_input_gets_a_clear_error_naming_the_argument(error, match, call):
+    with pytest.raises(error, match=match):
+        call()

@@ -225,3 +225,64 @@ def test_cooldown_ramps_the_schedule_to_zero():
     assert rate(99) < 0.05 * noam_lr(100, 64, 10)
     with pytest.raises(ValueError, match="needs total_steps"):
         noam_optimizer(torch.nn.Linear(2, 2), 64, 10, cooldown=0.3)
+
+
+# --------------------------------------------------------------------------- bad input: a clear error naming the argument
+
+
+def _bad_transformer_calls():
+    from attn_course import transformer as tr
+
+    model = Transformer(TransformerConfig(vocab_size=VOCAB_SIZE, d_model=16, heads=2, d_ff=32, encoder_layers=1,
+                                          decoder_layers=1, dropout=0.0, max_len=32)).eval()
+    src = torch.full((2, 5), 5, dtype=torch.long)
+    Q = torch.rand(2, 3, 4)
+    return [
+        (ValueError, "T must", lambda: tr.causal_mask(0)),
+        (ValueError, "token ids", lambda: tr.padding_mask(torch.zeros(3))),
+        (ValueError, "dropout_p", lambda: tr.scaled_dot_product_attention(Q, Q, Q, dropout_p=1.5)),
+        (ValueError, "scale", lambda: tr.scaled_dot_product_attention(Q, Q, Q, scale=0.0)),
+        (ValueError, "mask", lambda: tr.scaled_dot_product_attention(Q, Q, Q, mask=torch.ones(3, 3))),
+        (ValueError, "d_k", lambda: tr.scaled_dot_product_attention(Q, torch.rand(2, 3, 5), Q)),
+        (ValueError, "temperature", lambda: tr.softmax_statistics(8, temperature=0.0)),
+        (ValueError, "num_keys", lambda: tr.softmax_statistics(8, num_keys=0)),
+        (ValueError, "heads", lambda: MultiHeadAttention(16, 0)),
+        (ValueError, "dropout", lambda: MultiHeadAttention(16, 2, dropout=1.0)),
+        (ValueError, "queries", lambda: MultiHeadAttention(16, 2)(torch.rand(2, 3, 8), torch.rand(2, 3, 16))),
+        (ValueError, "d_ff", lambda: tr.PositionwiseFeedForward(16, 0)),
+        (ValueError, "d_model", lambda: tr.positional_encoding(10, 7)),
+        (ValueError, "max_len", lambda: tr.positional_encoding(0, 8)),
+        (ValueError, "d_model", lambda: tr.pe_shift_matrix(1, 3)),
+        (TypeError, "config", lambda: Transformer({"d_model": 16})),
+        (TypeError, "config", lambda: tr.parameter_count({"d_model": 16})),
+        (ValueError, "src", lambda: model.encode(src.float())),
+        (ValueError, "tgt ids", lambda: model(src, torch.full((2, 3), VOCAB_SIZE))),
+        (ValueError, "epsilon", lambda: tr.smoothed_targets(torch.zeros(3).long(), 5, 1.0)),
+        (ValueError, "num_classes", lambda: tr.smoothed_targets(torch.zeros(3).long(), 0, 0.1)),
+        (TypeError, "target", lambda: tr.smoothed_targets(torch.zeros(3), 5, 0.1)),
+        (ValueError, "logits", lambda: tr.label_smoothed_loss(torch.rand(2, 3, 5), torch.zeros(2, 4).long())),
+        (ValueError, "warmup", lambda: tr.noam_lr(1, 16, 0)),
+        (ValueError, "factor", lambda: tr.noam_lr(1, 16, 10, factor=0.0)),
+        (ValueError, "total_steps", lambda: tr.noam_optimizer(model, 16, 10, total_steps=0)),
+        (ValueError, "cooldown", lambda: tr.noam_optimizer(model, 16, 10, cooldown=0.3)),
+        (ValueError, "max_len", lambda: tr.greedy_decode(model, src, 0)),
+        (ValueError, "max_len", lambda: tr.beam_search(model, src, 0)),
+        (ValueError, "beam_size", lambda: tr.beam_search(model, src, 5, beam_size=0)),
+        (ValueError, "beam_size", lambda: tr.predict(model, src, 5, beam_size=0)),
+        (ValueError, "predicted and target", lambda: tr.same_sequences(src, src[0])),
+        (ValueError, "batch_size", lambda: tr.exact_match(model, None, batch_size=0)),
+        (ValueError, "batch_size", lambda: tr.alignment_hits(model, None, batch_size=0)),
+        (ValueError, "task 'add'.*copy, reverse, sort, dates", lambda: tr.train_transformer("add", device="cpu")),
+        (ValueError, "steps", lambda: tr.train_transformer("copy", device="cpu", steps=0, progress=False)),
+        (ValueError, "batch_size", lambda: tr.train_transformer("copy", device="cpu", batch_size=0, progress=False)),
+    ]
+
+
+BAD_TRANSFORMER_CALLS = _bad_transformer_calls()
+
+
+@pytest.mark.parametrize("error, match, call", BAD_TRANSFORMER_CALLS,
+                         ids=[f"{i}-{c[1].split()[0]}" for i, c in enumerate(BAD_TRANSFORMER_CALLS)])
+def test_bad_transformer_input_gets_a_clear_error_naming_the_argument(error, match, call):
+    with pytest.raises(error, match=match):
+        call()

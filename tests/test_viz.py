@@ -109,3 +109,47 @@ def test_a_box_poking_out_of_the_image_keeps_the_image_frame():
     fig.canvas.draw()
     assert ax.get_xlim()[1] > 9.5
     plt.close(fig)
+
+
+# --------------------------------------------------------------------------- bad input: a clear error naming the argument
+
+
+def _bad_viz_calls():
+    ax = lambda: plt.subplots()[1]  # noqa: E731
+    return [
+        (ValueError, "ncol", lambda: viz.mosaic([torch.rand(4, 4)], 0)),
+        (ValueError, "pad", lambda: viz.mosaic([torch.rand(4, 4)], 1, pad=-1)),
+        (ValueError, "images must hold", lambda: viz.mosaic([], 2)),
+        (ValueError, "nrow", lambda: viz.image_grid([torch.rand(4, 4)], nrow=0)),
+        (ValueError, "size", lambda: viz.image_grid([torch.rand(4, 4)], size=0)),
+        (ValueError, "image", lambda: viz.show_image(ax(), np.zeros((0, 4)))),
+        (ValueError, r"\(H, W\)", lambda: viz.to_numpy(torch.rand(2, 2, 2, 2))),
+        (ValueError, "alpha", lambda: viz.attention_heatmap(ax(), torch.rand(8, 8), torch.rand(2, 2), alpha=2.0)),
+        (ValueError, "weights", lambda: viz.attention_heatmap(ax(), torch.rand(8, 8), torch.rand(2, 2, 2))),
+        (ValueError, "row labels", lambda: viz.alignment_matrix(ax(), torch.rand(2, 3), ["a"])),
+        (ValueError, "points", lambda: viz.draw_trajectory(ax(), [1, 2, 3])),
+        (ValueError, r"names \['accuracy'\]", lambda: viz.plot_history(_history(), ["accuracy"])),
+        (ValueError, "ncols", lambda: viz.animation_html(lambda axes, t: None, 2, ncols=0)),
+        (ValueError, "interval", lambda: viz.animation_html(lambda axes, t: None, 2, interval=0)),
+        (ValueError, "num_frames", lambda: viz.animation_html(lambda axes, t: None, 0)),
+        (TypeError, "html", lambda: viz.offline_jshtml(None)),
+    ]
+
+
+def _history():
+    history = History()
+    history.log(1, loss=1.0)
+    return history
+
+
+BAD_VIZ_CALLS = _bad_viz_calls()
+
+
+@pytest.mark.parametrize("error, match, call", BAD_VIZ_CALLS,
+                         ids=[f"{i}-{c[1].split()[0]}" for i, c in enumerate(BAD_VIZ_CALLS)])
+def test_bad_viz_input_gets_a_clear_error_naming_the_argument(error, match, call):
+    try:
+        with pytest.raises(error, match=match):
+            call()
+    finally:
+        plt.close("all")

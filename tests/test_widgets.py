@@ -279,3 +279,106 @@ def test_text_line_explorer_reads_and_reports_bad_strings():
     assert "37 pixels" in figure.axes[0].get_title()
     with pytest.raises(ValueError, match="T must"):
         receptive_field_figure(T=9)
+
+
+# --------------------------------------------------------------------------- bad input: a clear error naming the argument
+
+
+def _tiny_reader():
+    from attn_course.r2am import R2AM, R2AMConfig
+
+    torch.manual_seed(0)
+    return R2AM(R2AMConfig(c1=4, c2=4, D=8, m=4, n=8, att_hidden=4)).eval()
+
+
+def _bad_widget_calls():
+    import matplotlib.pyplot as plt
+
+    from attn_course import widgets as w
+
+    image, images = torch.rand(28, 28), torch.rand(2, 28, 28)
+    maps = {"cross": torch.rand(1, 2, 3, 4)}
+    result = {"words": ["a", "<eos>"], "alpha": torch.rand(2, 16), "beta": torch.rand(2), "s": torch.zeros(2)}
+    run = {"images": images, "labels": torch.tensor([1, 2]), "pixels": torch.rand(2, 3, 2),
+           "probabilities": torch.rand(2, 3, 10), "glimpse_size": 8, "num_scales": 1}
+    ax = lambda: plt.subplots()[1]  # noqa: E731
+    return [
+        (TypeError, "fn", lambda: w.interactive_figure(None, x=None)),
+        (ValueError, "size", lambda: w.glimpse_explorer(images, size=0)),
+        (ValueError, "num_scales", lambda: w.sensor_figure(image, 0.0, 0.0, 8, num_scales=0)),
+        (ValueError, "glimpse_size", lambda: w.sensor_figure(image, 0.0, 0.0, glimpse_size=0)),
+        (ValueError, "x must", lambda: w.sensor_figure(image, 1.5, 0.0)),
+        (ValueError, "glimpse_size", lambda: w.sensor_explorer(images, glimpse_size=40)),
+        (ValueError, "num_scales", lambda: w.sensor_explorer(images, num_scales=0)),
+        (ValueError, "std", lambda: w.policy_figure(float("inf"))),
+        (ValueError, "mu", lambda: w.policy_figure(0.1, mu=(0.1,))),
+        (ValueError, "num_samples", lambda: w.policy_figure(0.1, num_samples=0)),
+        (ValueError, "label", lambda: w.trajectory_figure(image, torch.rand(3, 2), torch.rand(3, 10), 0, 8, 1, 10)),
+        (ValueError, "num_scales", lambda: w.trajectory_figure(image, torch.rand(3, 2), torch.rand(3, 10), 0, 8, 0)),
+        (ValueError, "run 'a'", lambda: w.trajectory_explorer({"a": {**run, "labels": torch.tensor([1])}})),
+        (ValueError, "N must", lambda: w.draw_window(ax(), [14.0, 14.0, 2.0, 1.0, 1.0], 0)),
+        (ValueError, "window", lambda: w.draw_window(ax(), [14.0, 14.0, 2.0, -1.0, 1.0], 5)),
+        (ValueError, "sigma2", lambda: w.filterbank_figure(image, 14.0, 14.0, 2.0, 0.0)),
+        (ValueError, "delta", lambda: w.filterbank_figure(image, 14.0, 14.0, float("nan"), 1.0)),
+        (ValueError, "g_X", lambda: w.filterbank_figure(image, float("inf"), 14.0, 2.0, 1.0)),
+        (ValueError, "N must", lambda: w.filterbank_figure(image, 14.0, 14.0, 2.0, 1.0, N=1)),
+        (ValueError, "N must", lambda: w.filterbank_explorer(images, N=20)),
+        (ValueError, "windows", lambda: w.generation_figure(torch.rand(4, 28, 28), 0, windows=torch.rand(3, 5))),
+        (ValueError, "initial", lambda: w.generation_figure(torch.rand(4, 28, 28), 0, initial=torch.rand(5, 5))),
+        (TypeError, "model", lambda: w.generation_stepper(object())),
+        (ValueError, "kind", lambda: w.attention_grid_figure(maps, "ab", "abc", kind="self")),
+        (ValueError, "maps", lambda: w.attention_grid_figure(maps, "ab", "abc", kind="encoder")),
+        (ValueError, "layer", lambda: w.transformer_attention_figure(maps, "ab", "abc", layer=5)),
+        (ValueError, "head", lambda: w.transformer_attention_figure(maps, "ab", "abc", head=2)),
+        (TypeError, "model", lambda: w.date_explorer(object())),
+        (ValueError, "d_model", lambda: w.positional_encoding_figure(d_model=7)),
+        (ValueError, "max_len", lambda: w.positional_encoding_figure(max_len=0)),
+        (ValueError, "position", lambda: w.positional_encoding_figure(position=64)),
+        (ValueError, "max_len", lambda: w.positional_encoding_explorer(max_len=1)),
+        (ValueError, "d_k", lambda: w.softmax_scaling_figure(d_k=0)),
+        (ValueError, "temperature", lambda: w.softmax_scaling_figure(temperature=0.0)),
+        (ValueError, "num_keys", lambda: w.softmax_scaling_figure(num_keys=0)),
+        (TypeError, "model", lambda: w.caption_with_attention(object(), torch.rand(1, 3, 64, 64))),
+        (ValueError, "alpha", lambda: w.draw_word_attention(ax(), torch.rand(3, 64, 64), "a", torch.rand(5))),
+        (ValueError, "mode", lambda: w.draw_word_attention(ax(), torch.rand(3, 64, 64), "a", torch.rand(4), mode="x")),
+        (ValueError, "s must", lambda: w.draw_word_attention(ax(), torch.rand(3, 64, 64), "a", torch.rand(4), s=4,
+                                                             mode="hard")),
+        (ValueError, "mode", lambda: w.caption_attention_figure(torch.rand(3, 64, 64), result, mode="medium")),
+        (ValueError, "ncols", lambda: w.caption_attention_figure(torch.rand(3, 64, 64), result, ncols=0)),
+        (ValueError, "result", lambda: w.caption_attention_figure(torch.rand(3, 64, 64), {"words": ["a"]})),
+        (ValueError, r"objects\[0\]", lambda: w.compose_scene([("small", "red", "circle", 10)])),
+        (ValueError, "colour 'purple'.*red", lambda: w.compose_scene([("small", "purple", "circle", 10, 10)])),
+        (ValueError, "image_size", lambda: w.compose_scene([("small", "red", "circle", 5, 5)], image_size=8)),
+        (ValueError, "models", lambda: w.scene_explorer({}, torch.rand(2, 3, 64, 64))),
+        (ValueError, "font 'Comic'.*DejaVu Sans", lambda: w.render_line("abc", font="Comic")),
+        (ValueError, "noise", lambda: w.render_line("abc", noise=-0.1)),
+        (ValueError, "blur", lambda: w.render_line("abc", blur=float("nan"))),
+        (ValueError, "rotation", lambda: w.render_line("abc", rotation=float("inf"))),
+        (ValueError, r"image must be one text line .*\(1, 64, 50\)", lambda: w.read_line(_tiny_reader(),
+                                                                                       torch.zeros(1, 64, 50))),
+        (ValueError, "polarity", lambda: w.read_line(_tiny_reader(), torch.zeros(32, 100), polarity="inverted")),
+        (ValueError, "images must lie in", lambda: w.read_line(_tiny_reader(), torch.full((32, 100), 255.0))),
+        (TypeError, "model", lambda: w.read_line(object(), torch.zeros(32, 100))),
+        (ValueError, "image must be one text line", lambda: w.reading_figure(torch.zeros(64, 50),
+                                                                             {"text": "", "alpha": torch.rand(1, 25)})),
+        (ValueError, "result", lambda: w.reading_figure(torch.zeros(32, 100), {"text": ""})),
+        (ValueError, "models", lambda: w.text_line_explorer({})),
+        (ValueError, "column", lambda: w.receptive_field_figure(column=99)),
+        (ValueError, "column", lambda: w.receptive_field_figure(column=-1)),
+        (ValueError, "T must", lambda: w.receptive_field_figure(T=-1)),
+    ]
+
+
+BAD_WIDGET_CALLS = _bad_widget_calls()
+
+
+@pytest.mark.parametrize("error, match, call", BAD_WIDGET_CALLS,
+                         ids=[f"{i}-{c[1].split()[0]}" for i, c in enumerate(BAD_WIDGET_CALLS)])
+def test_bad_widget_input_gets_a_clear_error_naming_the_argument(error, match, call):
+    import matplotlib.pyplot as plt
+
+    try:
+        with pytest.raises(error, match=match):
+            call()
+    finally:
+        plt.close("all")

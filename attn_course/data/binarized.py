@@ -31,6 +31,15 @@ def binarize(images: torch.Tensor, generator: torch.Generator | None = None) -> 
     uniform noise is drawn on ``generator``'s device and moved, so a CPU generator gives
     the same bits on every device.
     """
+    if not isinstance(images, torch.Tensor):
+        raise TypeError(f"images must be a torch.Tensor, got {type(images).__name__}")
+    if images.dtype != torch.uint8 and not images.is_floating_point():
+        raise TypeError(f"images must be uint8 (0..255) or floats in [0, 1], got {images.dtype}")
+    if images.is_floating_point() and images.numel():
+        low, high = torch.aminmax(images)
+        if not (float(low) >= 0.0 and float(high) <= 1.0):  # also catches NaN
+            raise ValueError(f"floating images must lie in [0, 1] (they are probabilities), got values in "
+                             f"[{float(low):g}, {float(high):g}]")
     p = images.float() / 255.0 if images.dtype == torch.uint8 else images.float()
     where = generator.device if generator is not None else p.device
     u = torch.rand(p.shape, generator=generator, device=where).to(p.device)
@@ -60,6 +69,8 @@ class BinarizedMNIST:
 
     def sample(self, generator: torch.Generator, batch_size: int) -> dict[str, torch.Tensor]:
         """A training batch ``{"images": (batch, 1, 28, 28)}`` of 0s and 1s, freshly binarised."""
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be positive, got {batch_size}")
         index = torch.randint(len(self.train_images), (batch_size,), generator=generator, device=generator.device)
         seed = int(torch.randint(2**31 - 1, (1,), generator=generator, device=generator.device))
         grey = self.train_images[index.to(self.device)]
@@ -68,6 +79,8 @@ class BinarizedMNIST:
 
     def test_batches(self, batch_size: int = 1000) -> Iterator[dict[str, torch.Tensor]]:
         """The fixed binarised test set, in batches of ``{"images", "labels"}``."""
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be positive, got {batch_size}")
         for start in range(0, len(self.test_images), batch_size):
             stop = start + batch_size
             yield {"images": self.test_images[start:stop, None].float(), "labels": self.test_labels[start:stop]}

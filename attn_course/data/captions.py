@@ -35,6 +35,8 @@ _WORD = re.compile(r"[a-z0-9]+(?:'[a-z]+)?")
 
 def tokenize(caption: str) -> list[str]:
     """Lower-cased words of ``caption``: ``"A dog's ball."`` -> ``["a", "dog's", "ball"]``."""
+    if not isinstance(caption, str):
+        raise TypeError(f"caption must be a str, got {type(caption).__name__}")
     return _WORD.findall(caption.lower())
 
 
@@ -75,6 +77,8 @@ class Vocabulary:
 
     def encode_batch(self, captions: Sequence[str | Sequence[str]], device=None) -> torch.Tensor:
         """Captions as (B, T) ids: BOS, the words, EOS, then PAD."""
+        if isinstance(captions, str):
+            raise TypeError(f"captions must be a list of captions, not one string ({captions!r})")
         if not captions:
             raise ValueError("encode_batch needs at least one caption")
         rows = [[BOS, *self.encode(c), EOS] for c in captions]
@@ -87,6 +91,8 @@ class Vocabulary:
         """The words of a row of ids up to the first EOS; BOS and PAD are skipped."""
         out = []
         for i in (ids.tolist() if isinstance(ids, torch.Tensor) else ids):
+            if not 0 <= i < len(self.itos):
+                raise ValueError(f"ids must lie in [0, {len(self.itos) - 1}] (this vocabulary), got {i}")
             if i == EOS:
                 break
             if i not in (PAD, BOS):
@@ -94,11 +100,18 @@ class Vocabulary:
         return " ".join(out)
 
     def decode_batch(self, ids: torch.Tensor) -> list[str]:
+        """The words of every row of ``ids`` (B, T)."""
+        if torch.as_tensor(ids).dim() != 2:
+            raise ValueError(f"expected ids of shape (B, T), got {tuple(torch.as_tensor(ids).shape)}")
         return [self.decode(row) for row in ids]
 
     @classmethod
     def build(cls, captions: Iterable[str], min_count: int = 1) -> "Vocabulary":
         """A vocabulary with ``<unk>`` of the words seen at least ``min_count`` times, most frequent first."""
+        if min_count < 1:
+            raise ValueError(f"min_count must be positive, got {min_count}")
+        if isinstance(captions, str):
+            raise TypeError(f"captions must be a list of captions, not one string ({captions!r})")
         counts = Counter(w for c in captions for w in tokenize(c))
         return cls([w for w, n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])) if n >= min_count], unk=True)
 
@@ -123,6 +136,8 @@ class CaptionData:
 
     def sample(self, generator: torch.Generator, batch_size: int) -> dict[str, torch.Tensor]:
         """A training batch: random images, one of each image's references at random (``caption`` (B, T))."""
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be positive, got {batch_size}")
         index = torch.randint(len(self), (batch_size,), generator=generator)
         pick = (torch.rand(batch_size, generator=generator) * self.num_references[index]).long()
         device = self.images.device
@@ -131,6 +146,8 @@ class CaptionData:
 
     def batches(self, batch_size: int = 250) -> Iterator[dict[str, torch.Tensor]]:
         """Every image in order with all its references (``references`` (B, R, T))."""
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be positive, got {batch_size}")
         for start in range(0, len(self), batch_size):
             yield {"images": self.images[start:start + batch_size],
                    "references": self.captions[start:start + batch_size]}
@@ -161,6 +178,9 @@ def load_coco_captions(annotation_file: str | Path, image_dir: str | Path, image
     a caption are skipped. Clear errors name a missing file, a malformed JSON layout, or
     an annotation that points at an unknown image id.
     """
+    for name, value in (("image_size", image_size), ("min_count", min_count), ("max_words", max_words)):
+        if value < 1:
+            raise ValueError(f"{name} must be positive, got {value}")
     annotation_file, image_dir = Path(annotation_file), Path(image_dir)
     if not annotation_file.is_file():
         raise FileNotFoundError(f"no caption file at {annotation_file}")

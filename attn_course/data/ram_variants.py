@@ -45,7 +45,8 @@ RAM_VARIANTS = {
 
 def _check_inputs(images: torch.Tensor, labels: torch.Tensor) -> None:
     if not isinstance(images, torch.Tensor) or not isinstance(labels, torch.Tensor):
-        raise ValueError("expected images and labels as torch tensors")
+        raise ValueError(f"expected images and labels as torch tensors, got {type(images).__name__} and "
+                         f"{type(labels).__name__}")
     if images.dim() != 3 or tuple(images.shape[1:]) != (DIGIT, DIGIT):
         raise ValueError(f"expected MNIST images of shape (N, 28, 28), got {tuple(images.shape)}")
     if images.dtype != torch.uint8 and not images.is_floating_point():
@@ -68,7 +69,7 @@ def _generate(images, labels, spec: Variant, seed: int, device, chunk_size: int)
     _check_inputs(images, labels)
     n, size, k, d = images.shape[0], int(spec.size), int(spec.num_distractors), int(spec.distractor_size)
     if size < DIGIT:
-        raise ValueError(f"canvas size must be at least 28, got {size}")
+        raise ValueError(f"size (the canvas side) must be at least 28, got {size}")
     if not 1 <= d <= DIGIT:
         raise ValueError(f"distractor_size must be in [1, 28], got {d}")
     if k < 0:

@@ -133,6 +133,8 @@ class Layout:
 
 def radii(size: torch.Tensor, image_size: int) -> torch.Tensor:
     """Half-widths in pixels of objects of ``size`` (0 small, 1 large) in an image of side ``image_size``."""
+    if image_size < 1:
+        raise ValueError(f"image_size must be positive, got {image_size}")
     table = torch.tensor([max(2, round(r * image_size / 64)) for r in RADII], device=size.device)
     return table[size.clamp(min=0)]
 
@@ -230,7 +232,9 @@ def sample_layouts(generator: torch.Generator, n: int, image_size: int = 64, kee
     Candidates are drawn in rounds of a few times ``n``; the loop runs over rounds, never over scenes.
     """
     if n < 0:
-        raise ValueError(f"the number of scenes must be >= 0, got {n}")
+        raise ValueError(f"n (the number of scenes) must be >= 0, got {n}")
+    if image_size < 24:
+        raise ValueError(f"image_size must be at least 24 pixels, got {image_size}")
     kept, have = [], 0
     for _ in range(10_000):
         if have >= n:
@@ -326,6 +330,9 @@ def caption_referents(tokens: torch.Tensor, layout: Layout) -> torch.Tensor:
     """
     if tokens.dim() != 2 or tokens.shape[0] != len(layout):
         raise ValueError(f"expected tokens of shape (N, T) with N = {len(layout)} scenes, got {tuple(tokens.shape)}")
+    if tokens.numel() and (int(tokens.min()) < 0 or int(tokens.max()) >= len(VOCAB)):
+        raise ValueError(f"tokens must be ids in [0, {len(VOCAB) - 1}] of the scenes' vocabulary, got ids from "
+                         f"{int(tokens.min())} to {int(tokens.max())}")
     device = tokens.device
     kind, value = WORD_KIND.to(device)[tokens], WORD_VALUE.to(device)[tokens]  # (N, T)
     attributes = torch.stack([layout.size, layout.colour, layout.shape], 1)  # (N, 3 kinds, 3 objects)
@@ -379,6 +386,11 @@ def _inside(shape: int, dx: torch.Tensor, dy: torch.Tensor, r: torch.Tensor) -> 
 
 def draw_specks(generator: torch.Generator, n: int, count: int, image_size: int = 64) -> torch.Tensor:
     """(n, count, 3) random specks for :func:`render`: column, row (of the top-left pixel) and colour index."""
+    for name, value in (("n", n), ("count", count)):
+        if value < 0:
+            raise ValueError(f"{name} must be >= 0, got {value}")
+    if image_size < 2:
+        raise ValueError(f"image_size must be at least 2 (a speck is 2 x 2 pixels), got {image_size}")
     return torch.stack([torch.randint(image_size - 1, (n, count), generator=generator),
                         torch.randint(image_size - 1, (n, count), generator=generator),
                         torch.randint(len(COLOURS), (n, count), generator=generator)], -1)
@@ -402,6 +414,10 @@ def render(layout: Layout, image_size: int = 64, device=None, specks: torch.Tens
     objects' colours, behind the objects. A glance at the background can then mislead,
     which gives a captioner a reason to look at the object it names.
     """
+    if not isinstance(layout, Layout):
+        raise TypeError(f"layout must be a Layout, got {type(layout).__name__}")
+    if image_size < 1:
+        raise ValueError(f"image_size must be positive, got {image_size}")
     device = torch.device(device) if device is not None else layout.count.device
     layout = layout.to(device)
     pixels = torch.arange(image_size, device=device, dtype=torch.float32)
@@ -523,6 +539,8 @@ class ShapeScenes:
 
     def batches(self, name: str = "test", batch_size: int = 250) -> Iterator[dict[str, torch.Tensor]]:
         """The whole split in order, in batches of :meth:`batch`."""
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be positive, got {batch_size}")
         for start in range(0, len(self.split(name)), batch_size):
             yield self.batch(name, slice(start, start + batch_size))
 
@@ -533,6 +551,8 @@ class ShapeScenes:
         it is the one that names the objects from left to right (:func:`left_to_right_reference`).
         ``images``, ``masks``; ``captions`` (B, T) and their ``referents`` (B, T).
         """
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be positive, got {batch_size}")
         split = self.splits["train"]
         index = torch.randint(len(split), (batch_size,), generator=generator)
         which = torch.rand(batch_size, generator=generator)

@@ -50,6 +50,8 @@ TEST_SEED = 1_000_003
 
 def encode(text: str) -> list[int]:
     """Character ids of ``text`` (no BOS or EOS); a clear error for a character outside the vocabulary."""
+    if not isinstance(text, str):
+        raise TypeError(f"text must be a str, got {type(text).__name__}")
     unknown = sorted({c for c in text if c not in _INDEX or c in SPECIALS})
     if unknown:
         raise ValueError(f"characters {unknown} are not in the vocabulary; it has: {CHARACTERS!r}")
@@ -69,6 +71,8 @@ def decode(ids) -> str:
 
 def encode_batch(texts: list[str], device=None) -> torch.Tensor:
     """Strings as a (B, S) tensor of ids, right-padded with PAD."""
+    if isinstance(texts, str):
+        raise TypeError(f"texts must be a list of strings, not one string ({texts!r})")
     if not texts:
         raise ValueError("encode_batch needs at least one string")
     rows = [encode(t) for t in texts]
@@ -85,6 +89,8 @@ def _mix(h: torch.Tensor) -> torch.Tensor:
 
 def source_hash(src: torch.Tensor) -> torch.Tensor:
     """A polynomial hash of each row of ids (B, S), ignoring the padding after the text."""
+    if src.dim() != 2 or src.is_floating_point():
+        raise ValueError(f"expected src as integer ids of shape (B, S), got {tuple(src.shape)} of {src.dtype}")
     h = torch.zeros(src.shape[0], dtype=torch.long, device=src.device)
     for j in range(src.shape[1]):  # over positions, never over examples
         token = src[:, j]
@@ -292,10 +298,15 @@ def render_dates(year: torch.Tensor, month: torch.Tensor, day: torch.Tensor, wee
     device = torch.device(device) if device is not None else year.device
     table = _strings(str(device))
     year, month, day, weekday, formats = (torch.as_tensor(t).to(device) for t in (year, month, day, weekday, formats))
-    if not ((FIRST_YEAR <= year) & (year <= LAST_YEAR)).all():
-        raise ValueError(f"years must lie in [{FIRST_YEAR}, {LAST_YEAR}]")
-    if formats.min() < 0 or formats.max() >= len(DATE_FORMATS):
-        raise ValueError(f"format indices must lie in [0, {len(DATE_FORMATS) - 1}]")
+    shapes = {tuple(t.shape) for t in (year, month, day, weekday, formats)}
+    if len(shapes) != 1 or year.dim() != 1 or len(year) == 0:
+        raise ValueError(f"year, month, day, weekday and formats must be tensors of one shape (B,), B >= 1, got "
+                         f"{sorted(shapes)}")
+    for name, value, low, high in (("year", year, FIRST_YEAR, LAST_YEAR), ("month", month, 1, 12), ("day", day, 1, 31),
+                                   ("weekday", weekday, 0, 6), ("formats", formats, 0, len(DATE_FORMATS) - 1)):
+        if value.is_floating_point() or not ((low <= value) & (value <= high)).all():
+            raise ValueError(f"{name} must be integers in [{low}, {high}], got {value.dtype} values from "
+                             f"{float(value.min()):g} to {float(value.max()):g}")
     B = len(year)
     values = torch.stack([torch.zeros_like(year), year - FIRST_YEAR, month - 1, day - 1, weekday], 1)  # (B, 5)
     kind = table.kind[formats]  # (B, P)
@@ -395,6 +406,8 @@ class SequenceTask:
 
     def sample(self, generator: torch.Generator, batch_size: int) -> dict[str, torch.Tensor]:
         """A training batch; held-out sources (or days) are never drawn."""
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be positive, got {batch_size}")
         if self.name == "dates":
             return self._dates(self._train_days, generator, batch_size)
         kept = []
@@ -437,6 +450,8 @@ class SequenceTask:
 
     def test_batches(self, batch_size: int = 500) -> Iterator[dict[str, torch.Tensor]]:
         """The test set in batches, trimmed to each batch's longest source and target."""
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be positive, got {batch_size}")
         test = self.test_set()
         for start in range(0, len(test["src"]), batch_size):
             batch = {k: v[start:start + batch_size] for k, v in test.items()}

@@ -39,6 +39,8 @@ class MNISTVariantTask:
 
     def sample(self, generator: torch.Generator, batch_size: int) -> dict[str, torch.Tensor]:
         """A training batch: ``images`` (B, 1, S, S) in [0, 1], ``labels`` (B,), ``boxes`` (B, 4)."""
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be positive, got {batch_size}")
         index = torch.randint(len(self.train_labels), (batch_size,), generator=generator, device=generator.device)
         seed = int(torch.randint(2**31 - 1, (1,), generator=generator, device=generator.device))
         index = index.to(self.device, non_blocking=True)
@@ -48,6 +50,8 @@ class MNISTVariantTask:
 
     def test_batches(self, batch_size: int = 1000) -> Iterator[dict[str, torch.Tensor]]:
         """The fixed test set, in batches (the same images on every call)."""
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be positive, got {batch_size}")
         for number, start in enumerate(range(0, len(self.test_labels), batch_size)):
             stop = start + batch_size
             yield make_variant(

@@ -73,6 +73,8 @@ CASES = ("lower", "capitalised", "upper")
 
 def encode(text: str, max_length: int = MAX_LENGTH) -> list[int]:
     """Token ids of ``text`` (case-insensitive) followed by EOS; clear errors for bad strings."""
+    if max_length < 1:
+        raise ValueError(f"max_length must be positive, got {max_length}")
     if not isinstance(text, str) or not text:
         raise ValueError(f"expected a non-empty string, got {text!r}")
     if len(text) > max_length:
@@ -86,6 +88,8 @@ def encode(text: str, max_length: int = MAX_LENGTH) -> list[int]:
 
 def encode_batch(texts: Sequence[str], max_length: int = MAX_LENGTH) -> torch.Tensor:
     """(B, max_length + 2): BOS, the characters, EOS, then PAD."""
+    if isinstance(texts, str):
+        raise TypeError(f"texts must be a list of strings, not one string ({texts!r})")
     out = torch.full((len(texts), max_length + 2), PAD, dtype=torch.long)
     out[:, 0] = BOS
     for row, text in enumerate(texts):
@@ -108,6 +112,8 @@ def decode(ids: Sequence[int]) -> str:
 
 def is_test_string(text: str) -> bool:
     """The split rule: a string is held out for testing when its CRC-32 is divisible by 10."""
+    if not isinstance(text, str):
+        raise TypeError(f"text must be a str, got {type(text).__name__}")
     return zlib.crc32(text.lower().encode()) % 10 == 0
 
 
@@ -144,6 +150,10 @@ def random_strings(generator: torch.Generator, n: int, split: str = "train", let
     """``n`` random strings of 3-10 characters drawn uniformly from ``letters``, all in ``split``."""
     if split not in ("train", "test"):
         raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+    if n < 0:
+        raise ValueError(f"n (the number of strings) must be >= 0, got {n}")
+    if not letters:
+        raise ValueError("letters must hold at least one character")
     out: list[str] = []
     while len(out) < n:
         m = 2 * (n - len(out)) + 16
@@ -158,6 +168,9 @@ def random_strings(generator: torch.Generator, n: int, split: str = "train", let
 
 def apply_case(texts: Sequence[str], cases: torch.Tensor) -> list[str]:
     """Show each text in lower case (0), Capitalised (1) or UPPER case (2)."""
+    cases = torch.as_tensor(cases)
+    if cases.shape != (len(texts),) or (len(texts) and not bool(((cases >= 0) & (cases <= 2)).all())):
+        raise ValueError(f"cases must hold one of 0, 1, 2 per text ({len(texts)}), got {cases.tolist()}")
     show = (str.lower, str.capitalize, str.upper)
     return [show[int(c)](t) for t, c in zip(texts, cases)]
 
@@ -183,8 +196,12 @@ def _atlas_cpu(fonts: tuple[str, ...]) -> dict[str, torch.Tensor]:
     glyphs = torch.zeros(len(fonts), len(CHARSET) + 1, ATLAS_HEIGHT, ATLAS_WIDTH)  # last: blank
     advance = torch.zeros(len(fonts), len(CHARSET) + 1)
     offset = torch.zeros(len(fonts), len(CHARSET) + 1)
+    # matplotlib < 3.11 hints glyphs 8x wider by default; hinting_factor=1 is what 3.11 does (and deprecates).
+    import matplotlib
+
+    older = tuple(int(part) for part in matplotlib.__version__.split(".")[:2]) < (3, 11)
     for f, name in enumerate(fonts):
-        font = FT2Font(str(font_path(name)))
+        font = FT2Font(str(font_path(name)), **({"hinting_factor": 1} if older else {}))
         font.set_size(GLYPH_PIXELS, 72)  # 72 dpi: one point is one pixel
         for k, char in enumerate(CHARSET):
             if font.get_char_index(ord(char)) == 0:
@@ -246,9 +263,24 @@ class Style:
     cases: tuple[float, float, float] = (0.7, 0.15, 0.15)  # lower, Capitalised, UPPER
     shift: bool = True  # place the text anywhere the free space allows (else centred)
 
+    def __post_init__(self):
+        for name in ("text_height", "fill_width", "spacing", "ink", "background", "blur", "noise"):
+            low, high = getattr(self, name)
+            if not (math.isfinite(low) and math.isfinite(high) and low <= high):
+                raise ValueError(f"Style.{name} must be a finite range (low, high), low <= high, got {(low, high)}")
+        for name, least in (("text_height", 1e-3), ("fill_width", 1e-3), ("blur", 0.0), ("noise", 0.0)):
+            if getattr(self, name)[0] < least:
+                raise ValueError(f"Style.{name} must lie above {least:g}, got {getattr(self, name)}")
+        for name in ("rotation_degrees", "shear", "crop"):
+            if not (math.isfinite(getattr(self, name)) and getattr(self, name) >= 0):
+                raise ValueError(f"Style.{name} (a +- range) must be >= 0, got {getattr(self, name)}")
+        if len(self.cases) != 3 or min(self.cases) < 0 or not sum(self.cases) > 0:
+            raise ValueError(f"Style.cases must be 3 weights >= 0 (lower, Capitalised, UPPER), not all 0, "
+                             f"got {self.cases}")
+
     @classmethod
     def clean(cls) -> "Style":
-        """No randomness beyond the font: centred, upright, sharp, black on white, lower case."""
+        """No randomness beyond the font: centred, upright, sharp, white on black, lower case."""
         return cls(text_height=(0.75, 0.75), fill_width=(0.9, 0.9), rotation_degrees=0.0, shear=0.0,
                    spacing=(0.0, 0.0), ink=(1.0, 1.0), background=(0.0, 0.0), blur=(0.0, 0.0),
                    noise=(0.0, 0.0), cases=(1.0, 0.0, 0.0), crop=0.0, shift=False)
@@ -285,9 +317,21 @@ def render(texts: Sequence[str], fonts: torch.Tensor, generator: torch.Generator
     B = len(texts)
     if B == 0:
         raise ValueError("expected at least one string to render")
+    if isinstance(texts, str):
+        raise TypeError(f"texts must be a list of strings, not one string ({texts!r})")
     fonts = torch.as_tensor(fonts, dtype=torch.long)
     if fonts.shape != (B,) or fonts.min() < 0 or fonts.max() >= len(font_names):
-        raise ValueError(f"expected one font index in [0, {len(font_names)}) per string, got {tuple(fonts.shape)}")
+        raise ValueError(f"fonts must hold one font index in [0, {len(font_names)}) per string ({B}), got shape "
+                         f"{tuple(fonts.shape)}" + (f", values {int(fonts.min())} to {int(fonts.max())}"
+                                                    if fonts.numel() else ""))
+    if cases is not None and torch.as_tensor(cases).shape != (B,):
+        raise ValueError(f"cases must have shape ({B},), one per string, got {tuple(torch.as_tensor(cases).shape)}")
+    if angles is not None:
+        angles = torch.as_tensor(angles, dtype=torch.float32)
+        if angles.shape not in ((), (1,), (B,)):
+            raise ValueError(f"angles must hold one angle per string ({B},) or one for all, got {tuple(angles.shape)}")
+        if not torch.isfinite(angles).all():
+            raise ValueError("angles must be finite (degrees), got NaN or infinity")
     tokens = encode_batch(texts).to(device)
     if cases is None:
         cases = torch.multinomial(torch.tensor(style.cases), B, replacement=True, generator=generator)
@@ -377,6 +421,8 @@ class TextLineConfig:
     fonts: tuple[str, ...] = tuple(FONTS)
 
     def __post_init__(self):
+        if self.test_size < 1 or self.val_size < 1:
+            raise ValueError(f"test_size and val_size must be positive, got {self.test_size} and {self.val_size}")
         if not 0.0 <= self.random_fraction <= 1.0:
             raise ValueError(f"random_fraction must lie in [0, 1], got {self.random_fraction}")
         unknown = [f for f in self.fonts if f not in FONTS]
@@ -404,6 +450,11 @@ class TextLines:
         self._fixed: dict[str, dict] = {}
 
     def draw_texts(self, generator: torch.Generator, n: int, split: str, random_fraction: float) -> list[str]:
+        """``n`` strings of ``split`` ("train" or "test"), a share ``random_fraction`` of them random."""
+        if split not in self.words:
+            raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+        if not 0.0 <= random_fraction <= 1.0:
+            raise ValueError(f"random_fraction must lie in [0, 1], got {random_fraction}")
         is_random = (torch.rand(n, generator=generator) < random_fraction).tolist()
         pool = self.words[split]
         picks = torch.randint(len(pool), (n,), generator=generator).tolist()
@@ -419,6 +470,8 @@ class TextLines:
 
     def sample(self, generator: torch.Generator, batch_size: int) -> dict:
         """A fresh training batch (the training loop's ``sample_batch``)."""
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be positive, got {batch_size}")
         texts = self.draw_texts(generator, batch_size, "train", self.config.random_fraction)
         return self.make(generator, texts)
 
@@ -439,6 +492,9 @@ class TextLines:
         return self._fixed[name]
 
     def batches(self, name: str, batch_size: int = 500) -> Iterator[dict]:
+        """The lines of split ``name`` in order, ``batch_size`` at a time."""
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be positive, got {batch_size}")
         data = self.split(name)
         n = len(data["texts"])
         for start in range(0, n, batch_size):

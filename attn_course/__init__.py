@@ -7,4 +7,4 @@ One module per paper (added chapter by chapter), plus shared pieces:
 :mod:`attn_course.viz` and :mod:`attn_course.widgets` (figures and sliders).
 """
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"  # the release the notebooks install: bump it with `python tools/release.py bump X.Y.Z`

@@ -20,7 +20,8 @@ endif
 timed = @start=$$(date +%s); $(2); status=$$?; \
 	echo "[make] $(1): $$(( $$(date +%s) - start )) s"; exit $$status
 
-.PHONY: setup browser book test unit nbval book-strict browser-test info clean
+.PHONY: setup browser book test quick unit unit-quick notebooks nbval book-build book-strict browser-test \
+	stress info clean
 
 $(STAMP): pyproject.toml
 	@start=$$(date +%s); \
@@ -38,27 +39,56 @@ browser:
 		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 		$$SUDO apt-get update -q && $$SUDO apt-get install -y -q chromium; }
 
-book: setup
+# Execute every chapter notebook once, in a fresh kernel; a failing cell fails the target and
+# names the report. The results go into the book's execution cache, so the build shows them.
+notebooks: setup
+	$(call timed,notebooks,$(BIN)/python tools/execute_notebooks.py)
+
+# The build must not hide a notebook that failed there (jupyter-book exits 0 without -W):
+# any execution report it wrote fails the target with the reports' paths.
+check_build_reports = @reports=$$(find _build/html/reports -type f 2>/dev/null); \
+	if [ -n "$$reports" ]; then echo "FAILED notebooks in the book build; reports:" >&2; \
+	echo "$$reports" | sed 's/^/  /' >&2; exit 1; fi
+
+book: notebooks
+	@rm -rf _build/html/reports
 	$(call timed,book build,$(BIN)/jupyter-book build --all $(JB_FLAGS) .)
+	$(check_build_reports)
 	@echo "The book: $(CURDIR)/_build/html/index.html"
+
+book-strict: setup
+	@rm -rf _build/html/reports
+	$(call timed,book build -W,$(BIN)/jupyter-book build --all -W $(JB_FLAGS) .)
+	$(check_build_reports)
 
 unit: setup
 	$(call timed,unit tests,$(BIN)/python -m pytest -q tests --ignore=tests/browser)
 
+# The unit tests without the ones marked slow (each over a few seconds).
+unit-quick: setup
+	$(call timed,quick unit tests,$(BIN)/python -m pytest -q -m "not slow" tests --ignore=tests/browser)
+
+# nbval over every notebook: the same checks as `make notebooks`, without filling the book's cache.
 nbval: setup
 	$(call timed,nbval,$(BIN)/python -m pytest -q --nbval-lax notebooks)
-
-book-strict: setup
-	$(call timed,book build -W,$(BIN)/jupyter-book build --all -W $(JB_FLAGS) .)
 
 browser-test: setup browser
 	$(call timed,browser test,ATTN_COURSE_REQUIRE_BROWSER=1 $(BIN)/python -m pytest -q tests/browser)
 
+# Everything CI runs: each notebook is executed once (notebooks), and the book is built from those results.
 test: setup browser
 	$(MAKE) --no-print-directory unit
-	$(MAKE) --no-print-directory nbval
+	$(MAKE) --no-print-directory notebooks
 	$(MAKE) --no-print-directory book-strict
 	$(MAKE) --no-print-directory browser-test
+
+# A few minutes: the fast unit tests only.
+quick: unit-quick
+
+# Hang stress test: every notebook K times with a short cell timeout; prints hangs per notebook.
+K ?= 3
+stress: setup
+	$(BIN)/python tools/execute_notebooks.py --repeat $(K) --cell-timeout 300 --idle-limit 60 --no-cache
 
 info: setup
 	$(BIN)/python -m attn_course info

@@ -33,14 +33,34 @@ def _mps_available() -> bool:
 
 
 def get_device(name: str | None = None) -> torch.device:
-    """The device to run on: ``name``, else ``$ATTN_COURSE_DEVICE``, else cuda > mps > cpu."""
-    name = name or os.environ.get(DEVICE_ENV)
+    """The device to run on: ``name``, else ``$ATTN_COURSE_DEVICE``, else cuda > mps > cpu.
+
+    A name this course cannot run on (``tpu``, ``cuda:7`` on a machine with one GPU, a
+    GPU that is not there) is a ``ValueError`` that lists the valid names.
+    """
+    source = ""  # where the name came from, when not from the caller
+    if not name:
+        name, source = os.environ.get(DEVICE_ENV), f" (from {DEVICE_ENV})"
     if name:
-        device = torch.device(name)
-        if device.type == "cuda" and not torch.cuda.is_available():
-            raise ValueError(f"device {name!r} was asked for, but CUDA is not available here")
+        import re
+
+        valid = "cpu, cuda, cuda:N (N = 0, 1, ...), mps"
+        wanted = name.strip().lower()
+        match = re.fullmatch(r"(cpu|cuda|mps)(?::(\d+))?", wanted)
+        if match is None or (match[1] != "cuda" and match[2] not in (None, "0")):
+            raise ValueError(f"unknown device {name!r}{source}; valid devices: {valid}")
+        device = torch.device(wanted)
+        if device.type == "cuda":
+            if not torch.cuda.is_available():
+                raise ValueError(f"device {name!r} was asked for{source}, but CUDA is not available here; "
+                                 f"valid devices: {valid}")
+            count = torch.cuda.device_count()
+            if device.index is not None and device.index >= count:
+                raise ValueError(f"device {name!r} was asked for{source}, but this machine has {count} "
+                                 f"CUDA device{'s' if count != 1 else ''} (cuda:0 to cuda:{count - 1})")
         if device.type == "mps" and not _mps_available():
-            raise ValueError(f"device {name!r} was asked for, but MPS is not available here")
+            raise ValueError(f"device {name!r} was asked for{source}, but MPS is not available here; "
+                             f"valid devices: {valid}")
         return device
     if torch.cuda.is_available():
         return torch.device("cuda")
@@ -102,3 +122,31 @@ def banner(profile: str | None = None, device: torch.device | None = None) -> st
 
 def print_banner() -> None:
     print(banner())
+
+
+THREADS_ENV = "ATTN_COURSE_THREADS"
+
+
+def set_cpu_threads(threads: int | None = None) -> int:
+    """Set how many CPU threads torch uses, and return the number.
+
+    ``threads``, else ``$ATTN_COURSE_THREADS``, else the course's policy: half the cores
+    this process may use, at least one (one on a two-core laptop or Colab). The chapters'
+    quick-profile models are small, so more threads buy little on an idle machine, while on
+    a busy one (a training run beside the notebook) torch's threads wait for each other at
+    every operation and the notebook slows down many times over;
+    ``benchmarks/notebook_threads.py`` measures both. Threads only matter on the CPU.
+    """
+    if threads is None:
+        value = os.environ.get(THREADS_ENV, "").strip()
+        if value:
+            if not value.isdigit() or int(value) < 1:
+                raise ValueError(f"{THREADS_ENV} must be a positive integer, got {value!r}")
+            threads = int(value)
+        else:
+            cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+            threads = max(1, cores // 2)
+    if not isinstance(threads, int) or isinstance(threads, bool) or threads < 1:
+        raise ValueError(f"threads must be a positive int, got {threads!r}")
+    torch.set_num_threads(threads)
+    return threads

@@ -131,10 +131,23 @@ def test_build_excludes_environments_outputs_and_code():
     assert CONFIG["only_build_toc_files"] is True
 
 
-def test_build_executes_the_notebooks():
+def test_build_executes_the_notebooks_once():
+    """Notebooks are stored without outputs: the build shows the outputs of tools/execute_notebooks.py's run,
+    from the cache it fills, and executes any notebook that is not in it; it never hides a failure."""
     execute = CONFIG["execute"]
-    assert execute["execute_notebooks"] == "force", "notebooks are stored without outputs: the build must run them"
+    assert execute["execute_notebooks"] == "cache"
+    assert execute["cache"] == "_build/.jupyter_cache"
+    assert execute["allow_errors"] is False
     assert execute["timeout"] >= 600
+    tool = (ROOT / "tools" / "execute_notebooks.py").read_text()
+    assert 'ROOT / "_build" / ".jupyter_cache"' in tool, "the executor must fill the cache the book reads"
+    makefile = (ROOT / "Makefile").read_text()
+    assert "tools/execute_notebooks.py" in makefile
+
+
+def test_markdown_outputs_are_parsed_as_myst():
+    """display(Markdown(table)) must render as a table: CommonMark (myst-nb's default) has none."""
+    assert CONFIG["sphinx"]["config"]["nb_render_markdown_format"] == "myst"
 
 
 def test_launch_buttons_and_repository():

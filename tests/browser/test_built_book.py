@@ -9,6 +9,10 @@ content page of `_build/html`, served from 127.0.0.1, and the test checks that
   page and on every page with math, there is no `mjx-merror`, and no raw TeX is left
   in the visible text;
 - every image has loaded, and every matplotlib `to_jshtml` animation plays;
+- no Markdown is left as text: no table syntax (a results table printed with
+  `display(Markdown(...))` must be a table), no raw `$`;
+- every cell output of a chapter is there and shows something: as many outputs as the
+  executed notebook in the book's cache has, none of them empty;
 - the page raises no JavaScript error.
 
 Build the book first (`make book` or `jupyter-book build --all .`). Without a build or
@@ -21,6 +25,7 @@ from __future__ import annotations
 import functools
 import http.server
 import os
+import re
 import threading
 from pathlib import Path
 from urllib.parse import urlparse
@@ -43,6 +48,10 @@ LOCAL_HOSTS = {"127.0.0.1", "localhost"}
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
                  "--disable-sync", "--no-first-run", "--disable-quic"]
 RAW_TEX = ("$$", "\\begin{", "\\end{", "\\frac", "\\sum", "\\(", "\\[")
+# A Markdown table left as text: its delimiter row, or a line that starts and ends with a pipe.
+TABLE_SYNTAX = re.compile(r"\|\s*:?-{3,}:?\s*\||^\s*\|.*\|\s*$", re.MULTILINE)
+CACHE = ROOT / "_build" / ".jupyter_cache"
+REMOVED_OUTPUT_TAGS = {"remove-output", "remove-cell"}
 
 pytestmark = pytest.mark.browser
 
@@ -111,9 +120,51 @@ VISIBLE_TEXT = """() => {
 HAS_MATH = """() => document.querySelectorAll(
   'main .math, main mjx-container, main script[type^="math/tex"]').length"""
 
+# Each cell output of the page: how much it shows (text, images, tables, animations).
+CELL_OUTPUTS = """() => Array.from(document.querySelectorAll('main div.cell_output')).map((out, i) => ({
+  index: i,
+  text: out.innerText.trim().length,
+  media: out.querySelectorAll('img, svg, table, canvas, video, iframe, mjx-container').length,
+  html: out.innerHTML.slice(0, 120),
+}))"""
+
 BROKEN_IMAGES = """() => Array.from(document.images)
   .filter(img => !(img.complete && img.naturalWidth > 0))
   .map(img => (img.id || '') + ' ' + img.src.slice(0, 80))"""
+
+
+def executed_output_count(page_path: str) -> int | None:
+    """Cells with outputs in the executed notebook behind a chapter page (from the book's cache), or None."""
+    source = ROOT / Path(page_path).with_suffix(".ipynb")
+    if not source.is_file() or not CACHE.is_dir():
+        return None
+    import nbformat
+    from jupyter_cache import get_cache
+
+    try:
+        _, executed = get_cache(str(CACHE)).merge_match_into_notebook(nbformat.read(source, as_version=4))
+    except KeyError:  # not in the cache: the build executed it itself
+        return None
+    return sum(1 for cell in executed.cells if cell.cell_type == "code" and cell.get("outputs")
+               and not REMOVED_OUTPUT_TAGS & set(cell.get("metadata", {}).get("tags", [])))
+
+
+def check_markdown_rendered(page_path: str, text: str) -> None:
+    table = TABLE_SYNTAX.search(text)
+    assert table is None, f"{page_path}: Markdown table syntax left as text: {table.group(0)[:80]!r}"
+    if "$" in text:
+        at = text.index("$")
+        pytest.fail(f"{page_path}: a raw $ in the visible text: {text[max(0, at - 40):at + 40]!r}")
+
+
+def check_cell_outputs(page_path: str, outputs: list[dict]) -> None:
+    empty = [o for o in outputs if o["text"] == 0 and o["media"] == 0]
+    assert not empty, f"{page_path}: {len(empty)} empty cell output(s), e.g. output {empty[0]['index']}: " \
+                      f"{empty[0]['html']!r}"
+    expected = executed_output_count(page_path)
+    if expected is not None:
+        assert len(outputs) == expected, (f"{page_path}: the page shows {len(outputs)} cell outputs, the executed "
+                                          f"notebook has {expected}")
 
 
 def test_the_build_has_the_landing_page_and_chapters():
@@ -166,6 +217,9 @@ def test_page_works_offline(server, browser, page_path):
         left = [raw for raw in RAW_TEX if raw in text]
         assert not left, f"{page_path}: raw TeX {left} left in the visible text"
         assert "](data:" not in text and "](http" not in text, f"{page_path}: a Markdown image or link left as text"
+        check_markdown_rendered(page_path, text)
+        if page_path.startswith("notebooks/"):
+            check_cell_outputs(page_path, page.evaluate(CELL_OUTPUTS))
 
         # images: load everything, lazy images included
         page.evaluate("() => document.querySelectorAll('img[loading=lazy]').forEach(i => i.loading = 'eager')")
@@ -190,3 +244,17 @@ def test_page_works_offline(server, browser, page_path):
         assert not errors, f"{page_path}: JavaScript errors: {errors[:3]}"
     finally:
         context.close()
+
+
+def test_the_text_checks_catch_what_they_look_for():
+    """The checks above can fail: raw tables, raw dollars and empty outputs are caught."""
+    with pytest.raises(AssertionError, match="table syntax"):
+        check_markdown_rendered("p", "Results\n| | recursive | recurrent |\n|---|---|---|\n| words | 94% | 95% |")
+    with pytest.raises(AssertionError, match="table syntax"):
+        check_markdown_rendered("p", "| | recursive | recurrent | |---|---|---| | word accuracy")
+    with pytest.raises(pytest.fail.Exception, match="raw \\$"):
+        check_markdown_rendered("p", "the bound $L^z$ in nats")
+    check_markdown_rendered("p", "A table renders as cells; a | alone is fine.")
+    with pytest.raises(AssertionError, match="empty cell output"):
+        check_cell_outputs("notebooks/none.html", [{"index": 0, "text": 0, "media": 0, "html": "<script>"}])
+    check_cell_outputs("notebooks/none.html", [{"index": 0, "text": 12, "media": 0, "html": "<pre>"}])

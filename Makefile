@@ -88,7 +88,7 @@ quick: unit-quick
 # Hang stress test: every notebook K times with a short cell timeout; prints hangs per notebook.
 K ?= 3
 stress: setup
-	$(BIN)/python tools/execute_notebooks.py --repeat $(K) --cell-timeout 300 --idle-limit 60 --no-cache
+	$(BIN)/python tools/execute_notebooks.py --repeat $(K) --cell-timeout 300 --idle-limit 60 --retry-hangs 0 --no-cache
 
 info: setup
 	$(BIN)/python -m attn_course info

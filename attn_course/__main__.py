@@ -35,7 +35,7 @@ from pathlib import Path
 import torch
 
 from . import __version__
-from .runtime import banner, device_description, get_device, get_profile
+from .runtime import banner, device_description, get_device, get_profile, set_cpu_threads
 from .train import NonFiniteLossError
 
 # torch >= 2.5 names it torch.OutOfMemoryError; before, torch.cuda.OutOfMemoryError (the same class).
@@ -352,6 +352,7 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as stop:
         return 0 if stop.code is None else stop.code
     try:
+        set_cpu_threads()  # the course's thread policy, unless ATTN_COURSE_THREADS or OMP_NUM_THREADS says otherwise
         if args.command == "info":
             return cmd_info(args)
         if args.command == "train":

@@ -130,12 +130,14 @@ THREADS_ENV = "ATTN_COURSE_THREADS"
 def set_cpu_threads(threads: int | None = None) -> int:
     """Set how many CPU threads torch uses, and return the number.
 
-    ``threads``, else ``$ATTN_COURSE_THREADS``, else the course's policy: half the cores
-    this process may use, at least one (one on a two-core laptop or Colab). The chapters'
-    quick-profile models are small, so more threads buy little on an idle machine, while on
-    a busy one (a training run beside the notebook) torch's threads wait for each other at
-    every operation and the notebook slows down many times over;
-    ``benchmarks/notebook_threads.py`` measures both. Threads only matter on the CPU.
+    ``threads``, else ``$ATTN_COURSE_THREADS``, else what ``$OMP_NUM_THREADS`` already set,
+    else the course's policy: half the cores this process may use, at least one (one on a
+    two-core laptop or Colab). The chapters' models are small, so more threads buy little on
+    an idle machine, while on a busy one (a training run beside the notebook) torch's threads
+    wait for each other at every operation and everything slows down many times over (a
+    60-step captioning run beside two busy processes on two cores: 312 s with two threads,
+    13 s with one); ``benchmarks/notebook_threads.py`` measures the chapters. Threads only
+    matter on the CPU.
     """
     if threads is None:
         value = os.environ.get(THREADS_ENV, "").strip()
@@ -143,6 +145,8 @@ def set_cpu_threads(threads: int | None = None) -> int:
             if not value.isdigit() or int(value) < 1:
                 raise ValueError(f"{THREADS_ENV} must be a positive integer, got {value!r}")
             threads = int(value)
+        elif os.environ.get("OMP_NUM_THREADS", "").strip():
+            return torch.get_num_threads()
         else:
             cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
             threads = max(1, cores // 2)

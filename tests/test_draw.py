@@ -169,6 +169,7 @@ def test_the_bound_lies_below_the_importance_sampled_log_likelihood():
     assert log_px.shape == (4,) and (elbo < log_px).all()
 
 
+@pytest.mark.slow
 def test_loss_decreases_on_a_tiny_training_run():
     torch.manual_seed(0)
     model = DRAW(TINY)

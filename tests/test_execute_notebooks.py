@@ -65,3 +65,55 @@ def test_an_idle_kernel_with_a_cell_in_flight_is_a_hang(build):
 def test_a_missing_notebook_is_an_error_line(build, capsys):
     assert execute_notebooks.main([str(build / "nope.ipynb")]) == 2
     assert "no such notebook" in capsys.readouterr().err
+
+
+def test_a_hang_is_retried_once_in_a_fresh_kernel_and_counted(build, monkeypatch, capsys):
+    outcomes = iter(["hang", "passed"])
+    real_execute = execute_notebooks.execute
+
+    def flaky(path, cell_timeout, idle_limit, emulate_output_widgets=False):
+        result = real_execute(path, cell_timeout, idle_limit, emulate_output_widgets)
+        if next(outcomes) == "hang":
+            return execute_notebooks.RunResult("hang", 1.0, "cell 0: the kernel sat idle")
+        return result
+
+    monkeypatch.setattr(execute_notebooks, "execute", flaky)
+    path = write_notebook(build, "flaky.ipynb", "x = 1")
+    assert execute_notebooks.main([str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "flaky.ipynb: hang" in out and "flaky.ipynb: passed" in out
+    row = next(line for line in out.splitlines() if line.startswith("flaky.ipynb "))
+    assert row.split()[1:5] == ["2", "1", "0", "1"], row  # runs, passed, failed, hangs
+
+
+def test_output_widgets_get_no_answer_on_the_shell_socket(build, monkeypatch):
+    """The executor never sends on the shell socket while a cell runs (FRONTEND_EMULATION_HANG);
+    nbclient's own emulation would, and that is what hung the chapters' explorers."""
+    from nbclient.output_widget import OutputWidget
+
+    sent = []
+    monkeypatch.setattr(OutputWidget, "_publish_msg", lambda self, *args, **kwargs: sent.append(args))
+    path = write_notebook(build, "output_widget.ipynb",
+                          "import ipywidgets\nout = ipywidgets.Output()\ndisplay(out)\n"
+                          "with out:\n    print('inside')\nout.clear_output()\nwith out:\n    print('again')")
+    assert execute_notebooks.execute(path, cell_timeout=120, idle_limit=60).outcome == "passed"
+    assert sent == []
+    assert execute_notebooks.execute(path, cell_timeout=120, idle_limit=60,
+                                     emulate_output_widgets=True).outcome == "passed"
+    assert sent, "with nbclient's emulation the Output widget is answered on the shell socket"
+
+
+def test_the_book_gets_a_progress_bars_last_line_and_a_note_for_other_widgets(build):
+    from jupyter_cache import get_cache
+
+    path = write_notebook(build, "widgets.ipynb",
+                          "from tqdm.auto import tqdm\nfor _ in tqdm(range(7), desc='training'):\n    pass",
+                          "import ipywidgets\ndisplay(ipywidgets.IntSlider())")
+    assert execute_notebooks.main([str(path)]) == 0
+    _, executed = get_cache(str(build / "_build" / ".jupyter_cache")).merge_match_into_notebook(
+        nbformat.read(path, as_version=4))
+    bar, slider = (cell.outputs for cell in executed.cells)
+    assert all(execute_notebooks.WIDGET_VIEW not in output.get("data", {}) for output in bar + slider)
+    bar_text = " ".join(output["data"]["text/plain"] for output in bar if "data" in output)
+    assert "training" in bar_text and "7/7" in bar_text, bar_text
+    assert slider[0]["data"] == {"text/html": execute_notebooks.WIDGET_NOTE}

@@ -26,6 +26,7 @@ def test_card_is_complete_and_file_is_small(name):
     assert path.stat().st_size < 8 * 2**20
 
 
+@pytest.mark.slow
 @needs_mnist
 @pytest.mark.parametrize("name", SHIPPED)
 def test_checkpoint_reproduces_its_card(name):

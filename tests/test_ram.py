@@ -87,6 +87,7 @@ def test_core_can_be_an_lstm_and_bad_core_is_refused():
         RAMConfig(core="gru")
 
 
+@pytest.mark.slow
 def test_ram_learns_a_location_dependent_task():
     """Class = which quadrant holds the bright square: only learnable by looking around."""
     torch.manual_seed(0)

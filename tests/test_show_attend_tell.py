@@ -188,6 +188,7 @@ def test_attention_correctness_on_a_constructed_case():
     assert maps.shape == (4, 16, 16) and torch.allclose(maps.sum((1, 2)), torch.ones(4), atol=1e-6)
 
 
+@pytest.mark.slow
 def test_a_short_training_run_learns_and_evaluates(scenes):
     torch.manual_seed(0)
     data = ShapeScenes(seed=3, train_size=500, val_size=50, test_size=50)

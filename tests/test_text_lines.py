@@ -94,6 +94,7 @@ def test_bad_render_inputs():
         render([], torch.tensor([], dtype=torch.long), g)
 
 
+@pytest.mark.slow
 def test_data_set_is_deterministic_and_holds_out_test_words():
     data = TextLines(TextLineConfig(seed=5, test_size=40, val_size=20))
     again = TextLines(TextLineConfig(seed=5, test_size=40, val_size=20))

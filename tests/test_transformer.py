@@ -145,6 +145,7 @@ def test_noam_schedule_peaks_at_warmup():
     assert optimizer.param_groups[0]["lr"] == pytest.approx(noam_lr(2, 512, 10))
 
 
+@pytest.mark.slow
 def test_greedy_and_beam_decoding():
     torch.manual_seed(0)
     model = Transformer(SMALL).eval()
@@ -182,6 +183,7 @@ def test_beam_search_finds_a_better_sequence_than_greedy():
     assert beam_search(model, src, 5, beam_size=2)[0][0, 0] == 4
 
 
+@pytest.mark.slow
 def test_a_few_steps_lower_the_loss():
     from attn_course.data.sequences import SequenceTask
 
@@ -201,6 +203,7 @@ def test_a_few_steps_lower_the_loss():
     assert loss < first.detach() * 0.7 and 0 <= float(metrics["token_accuracy"]) <= 1
 
 
+@pytest.mark.slow
 def test_cli_trains_and_evaluates_the_transformer(tmp_path, capsys):
     import json
 

@@ -175,6 +175,7 @@ def test_transformer_attention_figure_shows_the_chosen_matrix():
         transformer_attention_figure(maps, "abcde", "xyz", "self")
 
 
+@pytest.mark.slow
 def test_date_explorer_follows_the_text_and_the_controls():
     from attn_course.widgets import date_attention_figure, date_explorer
 
@@ -207,6 +208,7 @@ def test_positional_encoding_figure_and_explorer():
     assert widget.figure.axes[0].images[0].get_array().shape == (64, 16)
 
 
+@pytest.mark.slow
 def test_softmax_scaling_figure_and_explorer():
     from attn_course.transformer import softmax_statistics
     from attn_course.widgets import softmax_scaling_explorer, softmax_scaling_figure
@@ -222,6 +224,7 @@ def test_softmax_scaling_figure_and_explorer():
     assert "d_k = 4" in widget.figure.axes[0].get_title()
 
 
+@pytest.mark.slow
 def test_caption_widgets_follow_the_model_and_the_controls():
     from attn_course.data.scenes import ShapeScenes
     from attn_course.show_attend_tell import SATConfig, ShowAttendTell

@@ -9,13 +9,18 @@ Each notebook runs top to bottom in a fresh kernel, in ``notebooks/`` as the cha
 expect. A cell that raises (a failed ``assert`` included) fails the notebook, as
 ``pytest --nbval-lax`` would. A successful run is stored in the Jupyter Book's execution
 cache (``_build/.jupyter_cache``), so the book build that follows shows these outputs
-instead of executing every notebook a second time.
+instead of executing every notebook a second time. Widgets cannot work in the static book:
+in the stored copy a progress bar becomes its last line of text and any other widget a note
+saying where it works (the notebooks themselves keep their widgets).
 
 A watchdog tells a *hang* from a slow cell: while a cell is in flight it samples the
 kernel's CPU time, and a kernel that has used (almost) no CPU for ``--idle-limit``
 seconds while the client still waits for the cell's reply is idle in its event loop
 with the request lost. The watchdog then kills that kernel so the run ends at once
-with "hang" instead of waiting for the cell timeout.
+with "hang" instead of waiting for the cell timeout. A hang is a lost message between the
+client and the kernel, not a fault of the notebook: the notebook is run once more in a
+fresh kernel (``--retry-hangs``, default 1; the stress test sets 0), and the table counts
+every hang.
 
 The last lines are a table, one row per notebook: runs, passed, failed, hangs, slow
 cells (timeouts with a busy kernel), and the median time of a passing run. The exit
@@ -26,11 +31,13 @@ status is 0 only if every run passed; each failure's traceback is written to
 from __future__ import annotations
 
 import argparse
+import re
 import statistics
 import sys
 import threading
 import time
 from dataclasses import dataclass, field
+from html import unescape
 from pathlib import Path
 
 import nbformat
@@ -68,6 +75,7 @@ class IdleKernelWatchdog:
         self.process: psutil.Process | None = None
         self.cell_index: int | None = None
         self.fired_at_cell: int | None = None
+        self.stacks = ""
         self._samples: list[tuple[float, float]] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._watch, daemon=True)
@@ -102,6 +110,7 @@ class IdleKernelWatchdog:
             earlier = [c for t, c in self._samples if now - t >= self.idle_limit]
             if earlier and cpu - earlier[-1] < self.cpu_floor:
                 self.fired_at_cell = self.cell_index
+                self.stacks = kernel_stacks(self.process.pid)
                 try:
                     self.process.kill()
                 except psutil.Error:
@@ -109,8 +118,75 @@ class IdleKernelWatchdog:
                 return
 
 
-def execute(path: Path, cell_timeout: int, idle_limit: float) -> RunResult:
-    """Run one notebook in a fresh kernel; classify the outcome."""
+WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
+WIDGET_NOTE = ("<p><em>An interactive widget: it needs a running Python kernel. Open this chapter in Colab "
+               "(the rocket button at the top) or in Jupyter to use it.</em></p>")
+
+
+def _html_text(html: str) -> str:
+    return re.sub(r"\s+", " ", unescape(re.sub(r"<[^>]+>", "", html))).strip()
+
+
+def progress_bar_text(model_id: str, widget_state: dict) -> str | None:
+    """The last state of a tqdm progress bar (an HBox of HTML, FloatProgress, HTML) as one line of text."""
+    children = [str(c).removeprefix("IPY_MODEL_") for c in widget_state.get(model_id, {}).get("children", [])]
+    states = [widget_state.get(c, {}) for c in children]
+    if [s.get("_model_name") for s in states] != ["HTMLModel", "FloatProgressModel", "HTMLModel"]:
+        return None
+    return f"{_html_text(states[0].get('value', ''))} {_html_text(states[2].get('value', ''))}".strip()
+
+
+def static_widget_outputs(notebook: nbformat.NotebookNode, widget_state: dict) -> None:
+    """Give every widget output a form the static book can show (it has no kernel to draw widgets).
+
+    A progress bar becomes its last line of text (steps, time, final metrics); any other widget
+    becomes a note saying where it works. The source notebooks keep their live widgets.
+    """
+    for cell in notebook.cells:
+        for output in cell.get("outputs", []):
+            view = output.get("data", {}).get(WIDGET_VIEW)
+            if view is None:
+                continue
+            text = progress_bar_text(view.get("model_id", ""), widget_state)
+            output["data"] = {"text/plain": text} if text else {"text/html": WIDGET_NOTE}
+
+
+def kernel_stacks(pid: int) -> str:
+    """The kernel's Python stacks, if py-spy is installed (``pip install py-spy``), for the report."""
+    import shutil
+    import subprocess
+
+    py_spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+    if not Path(py_spy).is_file():
+        return "(install py-spy to see the kernel's stacks here)"
+    try:
+        return subprocess.run([py_spy, "dump", "--pid", str(pid)], capture_output=True, text=True, timeout=30).stdout
+    except (OSError, subprocess.SubprocessError) as error:
+        return f"(py-spy failed: {error})"
+
+
+FRONTEND_EMULATION_HANG = """
+Why the chapters' widget cells hung, and what this script does about it.
+
+nbclient imitates a browser for ipywidgets' Output widget: when the kernel points an Output
+widget at a message, nbclient answers with a comm message that it sends on the *shell*
+socket, from the task that reads IOPub, while another task waits on that same socket for
+the cell's execute_reply. ZeroMQ signals a socket's readiness on an edge-triggered file
+descriptor, and a send can consume the edge that announced the reply; the waiting task
+then never wakes, the kernel sits idle with its reply delivered, and the cell "runs"
+until its timeout (jupyter/nbclient#312; the same class of bug as ipython/ipykernel#1554,
+on the other side of the socket). It happens with ipykernel 6 and 7 alike, and only in
+cells that display a widget with an Output inside: every explorer of the chapters.
+
+The book never shows those Output widgets (there is no kernel behind the static pages),
+so this script does not imitate the browser: no message is sent on the shell socket while
+a cell runs. The widgets' state is still recorded. `python tools/execute_notebooks.py
+--emulate-output-widgets` restores nbclient's behaviour, to measure the difference.
+"""
+
+
+def execute(path: Path, cell_timeout: int, idle_limit: float, emulate_output_widgets: bool = False) -> RunResult:
+    """Run one notebook in a fresh kernel; classify the outcome (see FRONTEND_EMULATION_HANG)."""
     notebook = nbformat.read(path, as_version=4)
     watchdog = IdleKernelWatchdog(idle_limit)
     client = NotebookClient(
@@ -124,15 +200,19 @@ def execute(path: Path, cell_timeout: int, idle_limit: float) -> RunResult:
         on_cell_execute=lambda cell, cell_index: watchdog.cell_started(cell_index),
         on_cell_executed=lambda cell, cell_index, execute_reply: watchdog.cell_finished(),
     )
+    if not emulate_output_widgets:
+        client.comm_open_handlers = {"jupyter.widget": lambda msg: None}  # see FRONTEND_EMULATION_HANG
     start = time.perf_counter()
     try:
         client.execute()
+        static_widget_outputs(notebook, client.widget_state)
         return RunResult("passed", time.perf_counter() - start, notebook=notebook)
     except (DeadKernelError, CellTimeoutError, CellExecutionError, RuntimeError) as error:
         seconds = time.perf_counter() - start
         if watchdog.fired_at_cell is not None:
             return RunResult("hang", seconds, f"cell {watchdog.fired_at_cell}: the kernel sat idle for "
-                             f"{idle_limit:.0f} s while the client waited for the cell's reply")
+                             f"{idle_limit:.0f} s while the client waited for the cell's reply\n"
+                             f"the kernel's threads then:\n{watchdog.stacks}")
         if isinstance(error, CellTimeoutError):
             return RunResult("slow", seconds, f"a cell ran past the {cell_timeout} s timeout with a busy kernel:\n"
                              f"{error}")
@@ -152,11 +232,12 @@ def store_in_book_cache(path: Path, executed: nbformat.NotebookNode, seconds: fl
 
 
 # What the chapters' cells do, in miniature: print, a progress bar (a widget in a kernel),
-# a slider, a figure, a little computation.
+# a slider, an Output widget redrawn (as the explorers do), a figure, a little computation.
 SYNTHETIC_CELLS = (
     "x = {i}\nprint(x)",
     "from tqdm.auto import tqdm\nfor _ in tqdm(range(100), desc='cell {i}'):\n    pass",
     "import ipywidgets\ndisplay(ipywidgets.IntSlider(value={i}))",
+    "out = ipywidgets.Output()\ndisplay(out)\nwith out:\n    print({i})\nout.clear_output()\nwith out:\n    print({i} + 1)",
     "import matplotlib.pyplot as plt\nplt.figure(figsize=(1, 1)); plt.plot([0, {i}]); plt.show()",
     "total = sum(range(100_000)) + {i}",
     "import torch\ny = torch.randn(256, 256)\nfor _ in range(20):\n    y = torch.tanh(y @ y.T / 256)",
@@ -182,12 +263,16 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--cell-timeout", type=int, default=600, help="seconds a single cell may run (default 600)")
     parser.add_argument("--idle-limit", type=float, default=60.0,
                         help="seconds of an idle kernel with a cell in flight that count as a hang (default 60)")
+    parser.add_argument("--retry-hangs", type=int, default=1,
+                        help="runs more, in a fresh kernel, after a hang (default 1; 0 for a stress test)")
     parser.add_argument("--no-cache", action="store_true", help="do not store the results for the book build")
+    parser.add_argument("--emulate-output-widgets", action="store_true",
+                        help="let nbclient answer Output widgets as a browser would (it can hang: see the source)")
     parser.add_argument("--synthetic", type=int, metavar="CELLS",
                         help="run a generated notebook of CELLS trivial cells instead of the chapters")
     args = parser.parse_args(argv)
-    if args.repeat < 1 or args.cell_timeout < 1 or args.idle_limit <= 0:
-        parser.error("--repeat, --cell-timeout and --idle-limit must be positive")
+    if args.repeat < 1 or args.cell_timeout < 1 or args.idle_limit <= 0 or args.retry_hangs < 0:
+        parser.error("--repeat, --cell-timeout and --idle-limit must be positive, --retry-hangs at least 0")
     return args
 
 
@@ -208,16 +293,21 @@ def main(argv: list[str] | None = None) -> int:
 
     print(f"ipykernel {ipykernel.__version__}, jupyter_client {jupyter_client.__version__}, "
           f"nbclient {nbclient.__version__}, pyzmq {zmq.__version__}; {len(paths)} notebook(s) x {args.repeat}, "
-          f"cell timeout {args.cell_timeout} s, idle limit {args.idle_limit:.0f} s", flush=True)
+          f"cell timeout {args.cell_timeout} s, idle limit {args.idle_limit:.0f} s, Output widgets "
+          f"{'emulated' if args.emulate_output_widgets else 'not emulated'}", flush=True)
     tallies: dict[Path, Tally] = {p: Tally() for p in paths}
     for path in paths:  # a report describes this run, not an earlier one
         (REPORTS / f"{path.stem}.log").unlink(missing_ok=True)
     reports: list[Path] = []
     for round_ in range(1, args.repeat + 1):
         for path in paths:
-            result = execute(path, args.cell_timeout, args.idle_limit)
-            tallies[path].runs.append(result)
-            print(f"[{round_}/{args.repeat}] {path.name}: {result.outcome} in {result.seconds:.1f} s", flush=True)
+            for attempt in range(1 + args.retry_hangs):
+                result = execute(path, args.cell_timeout, args.idle_limit, args.emulate_output_widgets)
+                tallies[path].runs.append(result)
+                print(f"[{round_}/{args.repeat}] {path.name}: {result.outcome} in {result.seconds:.1f} s", flush=True)
+                if result.outcome != "hang":
+                    break
+                print(f"  {result.detail}", flush=True)
             if result.outcome == "passed" and not args.no_cache:
                 store_in_book_cache(path, result.notebook, result.seconds)
             if result.outcome != "passed":

@@ -28,11 +28,11 @@ from execute_notebooks import NOTEBOOKS, execute  # noqa: E402
 BUSY_LOOP = "while True:\n    pass"
 
 
-def timed_run(path: Path, threads: int, loaded: bool) -> tuple[str, float]:
+def timed_run(path: Path, threads: int, loaded: bool, cell_timeout: int) -> tuple[str, float]:
     os.environ["ATTN_COURSE_THREADS"] = os.environ["OMP_NUM_THREADS"] = str(threads)
     burner = subprocess.Popen([sys.executable, "-c", BUSY_LOOP]) if loaded else None
     try:
-        result = execute(path, cell_timeout=900, idle_limit=120)
+        result = execute(path, cell_timeout=cell_timeout, idle_limit=120)
     finally:
         if burner is not None:
             burner.kill()
@@ -44,13 +44,15 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("notebooks", nargs="*", type=Path)
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--cell-timeout", type=int, default=300,
+                        help="stop a run whose cell takes longer (reported as 'slow'; default 300 s)")
     args = parser.parse_args()
     paths = [p.resolve() for p in args.notebooks] or sorted(NOTEBOOKS.glob("*.ipynb"))
     rows = []
     for path in paths:
         for threads in args.threads:
-            outcome_idle, idle = timed_run(path, threads, loaded=False)
-            outcome_loaded, loaded = timed_run(path, threads, loaded=True)
+            outcome_idle, idle = timed_run(path, threads, loaded=False, cell_timeout=args.cell_timeout)
+            outcome_loaded, loaded = timed_run(path, threads, loaded=True, cell_timeout=args.cell_timeout)
             rows.append((path.name, threads, idle, loaded, outcome_idle, outcome_loaded))
             print(f"{path.name} threads={threads}: idle {idle:.1f} s ({outcome_idle}), "
                   f"loaded {loaded:.1f} s ({outcome_loaded})", flush=True)

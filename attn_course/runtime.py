@@ -18,6 +18,7 @@ import os
 import platform
 import random
 import sys
+import time
 
 import numpy as np
 import torch
@@ -127,17 +128,35 @@ def print_banner() -> None:
 THREADS_ENV = "ATTN_COURSE_THREADS"
 
 
+def busy_cores(seconds: float = 0.25) -> float | None:
+    """How many cores other programs keep busy now, from two readings of ``/proc/stat``
+    ``seconds`` apart (None where there is no ``/proc/stat``, e.g. on macOS or Windows)."""
+    def reading() -> tuple[int, int]:
+        with open("/proc/stat") as f:
+            ticks = [int(x) for x in f.readline().split()[1:]]
+        return sum(ticks), ticks[3] + ticks[4]  # all, idle + iowait
+
+    try:
+        total_before, idle_before = reading()
+        time.sleep(seconds)
+        total_after, idle_after = reading()
+    except (OSError, ValueError, IndexError):
+        return None
+    busy_fraction = 1 - (idle_after - idle_before) / max(total_after - total_before, 1)
+    return max(0.0, busy_fraction) * (os.cpu_count() or 1)
+
+
 def set_cpu_threads(threads: int | None = None) -> int:
     """Set how many CPU threads torch uses, and return the number.
 
     ``threads``, else ``$ATTN_COURSE_THREADS``, else what ``$OMP_NUM_THREADS`` already set,
-    else the course's policy: half the cores this process may use, at least one (one on a
-    two-core laptop or Colab). The chapters' models are small, so more threads buy little on
-    an idle machine, while on a busy one (a training run beside the notebook) torch's threads
-    wait for each other at every operation and everything slows down many times over (a
-    60-step captioning run beside two busy processes on two cores: 312 s with two threads,
-    13 s with one); ``benchmarks/notebook_threads.py`` measures the chapters. Threads only
-    matter on the CPU.
+    else the course's policy: one thread for each core that no other program keeps busy
+    right now, at least one (where the load cannot be read: half the cores). On an idle
+    two-core machine that is two threads; beside a training run, one. With a thread per core
+    on a busy machine, torch's threads wait for each other at every operation and everything
+    slows down many times over (a 60-step captioning run beside two busy processes on two
+    cores: 312 s with two threads, 13 s with one); ``benchmarks/notebook_threads.py``
+    measures the chapters. Threads only matter on the CPU.
     """
     if threads is None:
         value = os.environ.get(THREADS_ENV, "").strip()
@@ -149,7 +168,8 @@ def set_cpu_threads(threads: int | None = None) -> int:
             return torch.get_num_threads()
         else:
             cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-            threads = max(1, cores // 2)
+            busy = busy_cores()
+            threads = max(1, cores // 2 if busy is None else cores - round(busy))
     if not isinstance(threads, int) or isinstance(threads, bool) or threads < 1:
         raise ValueError(f"threads must be a positive int, got {threads!r}")
     torch.set_num_threads(threads)

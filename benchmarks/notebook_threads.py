@@ -7,7 +7,8 @@ The "load" is one other CPU-bound process (a pure-Python busy loop), what a stud
 laptop sees with a training run or a browser tab busy beside the notebook. Each notebook
 runs in a fresh kernel through tools/execute_notebooks.py, with ``ATTN_COURSE_THREADS``
 (read by ``attn_course.runtime.set_cpu_threads`` in each chapter's first cell) and
-``OMP_NUM_THREADS`` set to the thread count. Run it on an otherwise idle machine: the
+``OMP_NUM_THREADS`` set to the thread count, or, for thread count 0, neither: the course's
+policy (a thread per idle core) decides. Run it on an otherwise idle machine: the
 numbers are wall-clock times. The last lines are a table: seconds idle, seconds loaded and
 their ratio, per notebook and thread count.
 """
@@ -29,7 +30,11 @@ BUSY_LOOP = "while True:\n    pass"
 
 
 def timed_run(path: Path, threads: int, loaded: bool, cell_timeout: int) -> tuple[str, float]:
-    os.environ["ATTN_COURSE_THREADS"] = os.environ["OMP_NUM_THREADS"] = str(threads)
+    if threads:
+        os.environ["ATTN_COURSE_THREADS"] = os.environ["OMP_NUM_THREADS"] = str(threads)
+    else:  # the course's policy: runtime.set_cpu_threads decides in each notebook's first cell
+        os.environ.pop("ATTN_COURSE_THREADS", None)
+        os.environ.pop("OMP_NUM_THREADS", None)
     burner = subprocess.Popen([sys.executable, "-c", BUSY_LOOP]) if loaded else None
     try:
         result = execute(path, cell_timeout=cell_timeout, idle_limit=120)
@@ -43,7 +48,8 @@ def timed_run(path: Path, threads: int, loaded: bool, cell_timeout: int) -> tupl
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("notebooks", nargs="*", type=Path)
-    parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--threads", type=int, nargs="+", default=[0, 1, 2],
+                        help="thread counts to compare; 0 is the course's policy (default: 0 1 2)")
     parser.add_argument("--cell-timeout", type=int, default=300,
                         help="stop a run whose cell takes longer (reported as 'slow'; default 300 s)")
     args = parser.parse_args()

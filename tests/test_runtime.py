@@ -1,5 +1,6 @@
 """Profiles, device choice, seeding and the banner."""
 
+import os
 import random
 
 import numpy as np
@@ -73,3 +74,37 @@ def test_banner_names_profile_device_and_versions(monkeypatch):
     assert "\n" not in line
     for part in ("profile quick", f"torch {torch.__version__}", "python 3.", "device "):
         assert part in line
+
+
+def test_set_cpu_threads_follows_the_setting_then_the_idle_cores(monkeypatch):
+    import torch
+
+    from attn_course import runtime
+
+    before = torch.get_num_threads()
+    try:
+        monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+        monkeypatch.setenv("ATTN_COURSE_THREADS", "3")
+        assert runtime.set_cpu_threads() == 3 and torch.get_num_threads() == 3
+        monkeypatch.setenv("ATTN_COURSE_THREADS", "zero")
+        with pytest.raises(ValueError, match="ATTN_COURSE_THREADS must be a positive integer"):
+            runtime.set_cpu_threads()
+        monkeypatch.delenv("ATTN_COURSE_THREADS")
+        monkeypatch.setattr(runtime.os, "sched_getaffinity", lambda pid: {0, 1, 2, 3}, raising=False)
+        monkeypatch.setattr(runtime, "busy_cores", lambda: 1.2)  # one program busy beside us
+        assert runtime.set_cpu_threads() == 3
+        monkeypatch.setattr(runtime, "busy_cores", lambda: 3.9)  # everything busy: still one thread
+        assert runtime.set_cpu_threads() == 1
+        monkeypatch.setattr(runtime, "busy_cores", lambda: None)  # load unknown: half the cores
+        assert runtime.set_cpu_threads() == 2
+        with pytest.raises(ValueError, match="threads must be a positive int"):
+            runtime.set_cpu_threads(0)
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_busy_cores_is_a_number_of_cores_or_none():
+    from attn_course.runtime import busy_cores
+
+    busy = busy_cores(0.05)
+    assert busy is None or 0.0 <= busy <= os.cpu_count()

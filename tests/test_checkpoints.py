@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from attn_course import checkpoints as ck
+from lock_holder import hold_lock
 
 posix_only = pytest.mark.skipif(ck.fcntl is None, reason="flock locks are POSIX only")
 
@@ -131,17 +132,6 @@ def test_pretrained_files_refuse_pickled_code(tmp_path):
 
 
 # --------------------------------------------------------------------------- one writer per output
-
-
-def hold_lock(path):
-    """A process that takes ``output_lock(path)``'s lock (flock on ``<path>.lock``, pid inside) and waits."""
-    code = ("import fcntl, os, sys; fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT); "
-            "fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB); os.write(fd, str(os.getpid()).encode()); "
-            "print('locked', flush=True); sys.stdin.read()")
-    holder = subprocess.Popen([sys.executable, "-c", code, f"{path}.lock"], stdin=subprocess.PIPE,
-                              stdout=subprocess.PIPE, text=True)
-    assert holder.stdout.readline().strip() == "locked"
-    return holder
 
 
 def try_lock_in_subprocess(path):

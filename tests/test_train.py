@@ -4,7 +4,6 @@ import functools
 import math
 import os
 import signal
-import subprocess
 import sys
 
 import pytest
@@ -14,6 +13,7 @@ from torch import nn
 from attn_course import train as train_module
 from attn_course.checkpoints import CheckpointError, OutputLockedError, atomic_torch_save, load_state_file
 from attn_course.train import NonFiniteLossError, TrainConfig, fit
+from lock_holder import hold_lock
 
 
 @pytest.fixture(autouse=True)
@@ -377,7 +377,7 @@ def test_a_failed_save_is_a_clear_error_and_keeps_the_last_good_state(tmp_path, 
 
 def test_a_run_training_into_a_locked_state_is_refused(tmp_path):
     path = tmp_path / "run.state"
-    holder = hold_lock_in_subprocess(path)
+    holder = hold_lock(path)
     try:
         with pytest.raises(OutputLockedError, match=f"{path} is locked: another process \\(pid {holder.pid}\\)"):
             small_fit(path, sampler=lambda g, n: pytest.fail("no step while locked"))
@@ -385,17 +385,6 @@ def test_a_run_training_into_a_locked_state_is_refused(tmp_path):
         holder.kill()
         holder.wait()
     assert small_fit(path).step == 5  # the operating system released the lock of the killed process
-
-
-def hold_lock_in_subprocess(path):
-    """A process that takes the lock of ``path`` as output_lock does (flock, pid inside) and waits."""
-    code = ("import fcntl, os, sys; fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT); "
-            "fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB); os.write(fd, str(os.getpid()).encode()); "
-            "print('locked', flush=True); sys.stdin.read()")
-    holder = subprocess.Popen([sys.executable, "-c", code, f"{path}.lock"], stdin=subprocess.PIPE,
-                              stdout=subprocess.PIPE, text=True)
-    assert holder.stdout.readline().strip() == "locked"
-    return holder
 
 
 # --------------------------------------------------------------------------- guards

@@ -19,6 +19,8 @@ import platform
 import random
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import numpy as np
 import torch
@@ -174,3 +176,19 @@ def set_cpu_threads(threads: int | None = None) -> int:
         raise ValueError(f"threads must be a positive int, got {threads!r}")
     torch.set_num_threads(threads)
     return threads
+
+
+@contextmanager
+def evaluating(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
+    """``model`` in eval mode inside the block, with gradients off; its former mode is restored after.
+
+    Every evaluation and inference function of the course uses it, so that looking at a model in
+    the middle of training never leaves dropout or batch normalisation switched to the wrong mode.
+    """
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            yield model
+    finally:
+        model.train(was_training)

@@ -10,19 +10,21 @@ costs on translated and cluttered digits, and chapter 1 compares RAM against the
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .data.ram_variants import RAM_VARIANTS
-from .registry import ModelSpec, register
-from .runtime import get_profile, pick
-from .train import TrainConfig, TrainResult, fit
-
 VARIANT_SIZES = {"mnist28": 28, "translated60": 60, "cluttered60": 60, "cluttered100": 100}
 NUM_CLASSES = 10
+
+
+@dataclass(frozen=True)
+class BaselineConfig:
+    """What a stored baseline records: the side of its square input images."""
+
+    image_size: int
 
 
 class FullyConnected(nn.Module):
@@ -81,7 +83,7 @@ def _check_images(images: torch.Tensor, size: int) -> None:
         raise ValueError(f"expected images of shape (B, 1, {size}, {size}), got {tuple(images.shape)}")
 
 
-# --------------------------------------------------------------------------- training recipes
+# --------------------------------------------------------------------------- the loss
 
 
 def classification_loss(model: nn.Module, batch: Mapping[str, torch.Tensor]):
@@ -93,69 +95,3 @@ def classification_loss(model: nn.Module, batch: Mapping[str, torch.Tensor]):
     loss = F.cross_entropy(logits, batch["labels"])
     accuracy = (logits.argmax(-1) == batch["labels"]).float().mean()
     return loss, {"accuracy": accuracy}
-
-
-@torch.no_grad()
-def test_accuracy(model: nn.Module, task) -> tuple[float, int]:
-    """Accuracy of ``model`` on ``task``'s whole test set, and the number of examples."""
-    was_training = model.training
-    model.eval()
-    correct = torch.zeros((), device=task.device)
-    total = 0
-    for batch in task.test_batches():
-        correct += (model(batch["images"]).argmax(-1) == batch["labels"]).sum()
-        total += len(batch["labels"])
-    model.train(was_training)
-    return float(correct.item()) / total, total
-
-
-def _make_spec(name: str, description: str, cls) -> ModelSpec:
-    def model_config(task: str) -> dict[str, Any]:
-        if task not in VARIANT_SIZES:
-            raise ValueError(f"unknown task {task!r} for {name!r}; choose one of: {', '.join(VARIANT_SIZES)}")
-        return {"kind": name, "image_size": VARIANT_SIZES[task]}
-
-    def build(config: Mapping[str, Any]) -> nn.Module:
-        if config.get("kind") != name:
-            raise ValueError(f"config is for model {config.get('kind')!r}, not {name!r}")
-        return cls(int(config["image_size"]))
-
-    def train(task: str, profile: str | None = None, device=None, seed: int = 0, checkpoint_path=None,
-              progress: bool = True, steps: int | None = None,
-              batch_size: int | None = None, extra_state=None) -> tuple[nn.Module, TrainResult, str]:
-        from .data.tasks import MNISTVariantTask
-        from .runtime import get_device
-
-        for arg, value in (("steps", steps), ("batch_size", batch_size)):
-            if value is not None and value < 1:
-                raise ValueError(f"{arg} must be a positive int (or None for the recipe's default), got {value}")
-        device = torch.device(device) if device is not None else get_device()
-        profile = get_profile(profile)
-        torch.manual_seed(seed)
-        model = build(model_config(task)).to(device)
-        data = MNISTVariantTask(task, device=device)
-        steps = pick(1500, 20_000, profile) if steps is None else steps
-        batch_size = 128 if batch_size is None else batch_size
-        config = TrainConfig(steps=steps, batch_size=batch_size, lr=1e-3, seed=seed,
-                             log_every=50, checkpoint_every=500)
-        result = fit(model, data.sample, classification_loss, config, device=device,
-                     evaluate=lambda m: {"accuracy": test_accuracy(m, data)[0]},
-                     checkpoint_path=checkpoint_path, progress=progress, desc=f"{name} on {task}",
-                     extra_state=extra_state)
-        description = f"MNIST train split, variant {task} generated per batch (seed drawn from the run's generator)"
-        return model, result, description
-
-    def evaluate(model: nn.Module, task: str, device) -> tuple[dict[str, float], int]:
-        from .data.tasks import MNISTVariantTask
-
-        accuracy, total = test_accuracy(model, MNISTVariantTask(task, device=device))
-        return {"accuracy": accuracy, "error": 1.0 - accuracy}, total
-
-    return register(ModelSpec(name=name, description=description, tasks=tuple(RAM_VARIANTS),
-                              model_config=model_config, build=build, train=train, evaluate=evaluate,
-                              default_task="mnist28"))
-
-
-FC_SPEC = _make_spec("fc", "fully connected baseline, 2 hidden layers of 256 (Mnih et al. 2014)", FullyConnected)
-CONV_SPEC = _make_spec("conv", "convolutional baseline, 8 filters 10x10 stride 5 + 256 units (Mnih et al. 2014)",
-                       Convolutional)

@@ -27,16 +27,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
-from typing import Any, NamedTuple
+from dataclasses import dataclass, replace
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .registry import ModelSpec, config_from_dict, register
-from .runtime import get_profile, pick
-from .train import TrainConfig, TrainResult, fit
 
 
 @dataclass(frozen=True)
@@ -62,6 +59,9 @@ class DRAWConfig:
                 raise ValueError(f"DRAWConfig.{name} must be at least 2 (delta divides by N - 1), "
                                  f"got {getattr(self, name)}")
 
+    def without_attention(self) -> DRAWConfig:
+        """The same network reading and writing the whole image."""
+        return replace(self, attention=False)
 
 
 PAPER_CONFIG = DRAWConfig()  # T = 64, read 2 x 2, write 5 x 5, LSTMs of 256, z of 100: for a GPU
@@ -458,138 +458,7 @@ def importance_sampled_log_likelihood(model: DRAW, images: torch.Tensor, K: int,
     return torch.logsumexp(log_w, 1) - math.log(K)
 
 
-# --------------------------------------------------------------------------- D. training recipe and CLI
-
-
-CONFIGS = {"mnist": CPU_CONFIG, "mnist_paper": PAPER_CONFIG}  # task -> configuration
-TRAINING = {  # steps in the quick and full profiles (batch 64, Adam with learning rate 1e-3)
-    "mnist": (300, 17_000),  # about 200 ms a step on one CPU core: an hour
-    # The shipped checkpoints used --batch-size 128: DRAW --steps 32000 (88.24 nats, 110 min on one CPU
-    # thread), DRAW without attention --steps 17000 (87.96 nats, 116 min). Each card records its command.
-    "mnist_paper": (300, 100_000),
-}
-BATCH_SIZE = 64
-LEARNING_RATE = 1e-3
-EVAL_SEED = 0  # the posterior samples of the test bound
-
-
-def config_for(task: str, attention: bool = True) -> DRAWConfig:
-    if task not in CONFIGS:
-        raise ValueError(f"unknown DRAW task {task!r}; choose one of: {', '.join(CONFIGS)}")
-    base = CONFIGS[task]
-    return base if attention else DRAWConfig(**{**asdict(base), "attention": False})
-
-
-@torch.no_grad()
-def evaluate_bound(model: DRAW, data, seed: int = EVAL_SEED, batch_size: int = 1000) -> dict[str, float]:
-    """The test negative log-likelihood bound L = L^x + L^z in nats per image, one posterior sample each.
-
-    The noise comes from a CPU generator seeded with ``seed``, so the number is the same on
-    every device (up to rounding).
-    """
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be positive, got {batch_size}")
-    was_training = model.training
-    model.eval()
-    generator = torch.Generator().manual_seed(seed)
-    totals = torch.zeros(2, dtype=torch.float64)
-    count = 0
-    for batch in data.test_batches(batch_size):
-        L_x, L_z = negative_elbo(model(batch["images"], generator=generator), batch["images"])
-        totals += torch.stack([L_x.sum(), L_z.sum()]).double().cpu()
-        count += len(L_x)
-    model.train(was_training)
-    L_x, L_z = (totals / count).tolist()
-    return {"nll_bound": L_x + L_z, "L_x": L_x, "L_z": L_z, "count": count}
-
-
-def _model_config(task: str, attention: bool = True) -> dict[str, Any]:
-    return {"kind": "draw", **asdict(config_for(task, attention))}
-
-
-def _build(config: Mapping[str, Any]) -> DRAW:
-    if config.get("kind", "draw") != "draw":
-        raise ValueError(f"config is for model {config.get('kind')!r}, not 'draw'")
-    return DRAW(config_from_dict(DRAWConfig, config))
-
-
-def train_draw(task: str = "mnist", profile: str | None = None, device=None, seed: int = 0, checkpoint_path=None,
-               progress: bool = True, steps: int | None = None, attention: bool = True,
-               config: DRAWConfig | None = None, lr: float = LEARNING_RATE,
-               batch_size: int | None = None, extra_state=None) -> tuple[DRAW, TrainResult, str]:
-    """Train DRAW from scratch on dynamically binarised MNIST by minimising L = L^x + L^z with Adam.
-
-    ``config`` overrides the task's configuration (the notebook trains a smaller one);
-    ``lr`` is Adam's initial learning rate, decayed to 1e-5 on a cosine; ``steps`` defaults to the
-    profile's, ``batch_size`` to :data:`BATCH_SIZE`. Mixed precision stays off on a GPU: the bound sums
-    hundreds of per-pixel and per-step terms, and the LSTMs are small.
-    """
-    from .data.binarized import BinarizedMNIST
-    from .runtime import get_device
-
-    if task not in TRAINING:
-        raise ValueError(f"unknown DRAW task {task!r}; choose one of: {', '.join(TRAINING)}")
-    for name, value in (("steps", steps), ("batch_size", batch_size)):
-        if value is not None and value < 1:
-            raise ValueError(f"{name} must be a positive int (or None for the recipe's default), got {value}")
-    if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
-        raise ValueError(f"lr must be a positive number, got {lr!r}")
-    if config is not None and not isinstance(config, DRAWConfig):
-        raise TypeError(f"config must be a DRAWConfig or None, got {type(config).__name__}")
-    device = torch.device(device) if device is not None else get_device()
-    profile = get_profile(profile)
-    config = config_for(task, attention) if config is None else config
-    torch.manual_seed(seed)
-    model = DRAW(config).to(device)
-    data = BinarizedMNIST(device=device)
-    quick, full = TRAINING[task]
-    total = pick(quick, full, profile) if steps is None else steps
-    batch_size = BATCH_SIZE if batch_size is None else batch_size
-    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total, eta_min=1e-5)
-    train_config = TrainConfig(steps=total, batch_size=batch_size, lr=lr, seed=seed, log_every=25, amp=False,
-                               clip_grad_norm=10.0, eval_every=max(total // 5, 1000) if total > 5000 else 0,
-                               checkpoint_every=1000 if total > 5000 else 0)
-    name = "DRAW" if config.attention else "DRAW without attention"
-    result = fit(model, data.sample, draw_loss, train_config, optimizer=optimizer, scheduler=scheduler,
-                 device=device, evaluate=lambda m: {"nll_bound": evaluate_bound(m, data)["nll_bound"]},
-                 checkpoint_path=checkpoint_path, progress=progress, desc=f"{name} (T={config.T}) on {task}",
-                 extra_state={"model_config": asdict(config), **(extra_state or {})})
-    description = ("MNIST train split, binarised dynamically (a fresh Bernoulli draw per batch, seeded from the "
-                   "run's generator); test: the 10,000 MNIST test digits binarised once with the fixed seed "
-                   "attn_course.data.binarized.TEST_SEED")
-    return model, result, description
-
-
-def train_draw_noattn(task: str = "mnist", profile: str | None = None, device=None, seed: int = 0,
-                      checkpoint_path=None, progress: bool = True, steps: int | None = None,
-                      batch_size: int | None = None, extra_state=None):
-    """:func:`train_draw` for DRAW without attention, trained the same way."""
-    return train_draw(task, profile, device, seed, checkpoint_path, progress, steps, attention=False,
-                      batch_size=batch_size, extra_state=extra_state)
-
-
-def _evaluate(model: nn.Module, task: str, device) -> tuple[dict[str, float], int]:
-    from .data.binarized import BinarizedMNIST
-
-    result = evaluate_bound(model, BinarizedMNIST(device=device))
-    count = result.pop("count")
-    return result, count
-
-
-DRAW_SPEC = register(ModelSpec(
-    name="draw", description="DRAW with read 2x2 / write 5x5 attention (Gregor et al. 2015); test NLL bound in nats",
-    tasks=tuple(CONFIGS), model_config=_model_config, build=_build, train=train_draw, evaluate=_evaluate,
-    default_task="mnist"))
-
-DRAW_NOATTN_SPEC = register(ModelSpec(
-    name="draw_noattn", description="DRAW without attention: reads [x, x^], writes the whole canvas (Gregor et al. 2015)",
-    tasks=tuple(CONFIGS), model_config=lambda task: _model_config(task, attention=False), build=_build,
-    train=train_draw_noattn, evaluate=_evaluate,
-    default_task="mnist"))
-
-
-# --------------------------------------------------------------------------- E. looking inside a trained model
+# --------------------------------------------------------------------------- D. the window as a box and a grid, for figures
 
 
 def window_box(window: torch.Tensor | Window, N: int) -> torch.Tensor:

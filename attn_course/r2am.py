@@ -40,7 +40,7 @@ learned linear summary of all the columns in order, the same at every step.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -48,10 +48,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .data.text_lines import BOS, EOS, HEIGHT, MAX_LENGTH, PAD, VOCAB_SIZE, WIDTH, decode
-from .registry import ModelSpec, config_from_dict, register
-from .runtime import get_profile, pick
 from .show_attend_tell import SoftAttention, beam_search, greedy_decode, soft_context
-from .train import TrainConfig, TrainResult, fit
 
 BLOCKS = ("recursive", "recurrent", "plain")
 
@@ -342,7 +339,7 @@ def r2am_loss(model: R2AM, batch: Mapping[str, Any]):
     return loss, metrics
 
 
-# --------------------------------------------------------------------------- D. reading and measuring
+# --------------------------------------------------------------------------- D. reading
 
 
 POLARITIES = ("auto", "light_on_dark", "dark_on_light")
@@ -407,165 +404,3 @@ def read(model: R2AM, images: torch.Tensor, beam_size: int = 1, polarity: str = 
         model.train(was_training)
     out["texts"] = [decode(row) for row in out["tokens"].tolist()]
     return out
-
-
-def column_centres(columns: int = WIDTH // 4) -> torch.Tensor:
-    """x (in input pixels) of each column's centre: column i covers pixels 4i..4i+3."""
-    if columns < 1:
-        raise ValueError(f"columns must be positive, got {columns}")
-    return torch.arange(columns, dtype=torch.float32) * (WIDTH / columns) + (WIDTH / columns - 1) / 2
-
-
-def alignment(alpha: torch.Tensor, centres: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Where each step looked: x^_t = sum_i alpha_ti x_i, and whether it is nearer the true centre of
-    character t than to any other character's (``hit``), for the steps with a character (B, T)."""
-    if alpha.dim() != 3 or centres.dim() != 2 or centres.shape[0] != alpha.shape[0]:
-        raise ValueError(f"expected alpha (B, T, L) and centres (B, characters), got {tuple(alpha.shape)} and "
-                         f"{tuple(centres.shape)}")
-    steps = min(alpha.shape[1], centres.shape[1])
-    x = column_centres(alpha.shape[-1]).to(alpha.device)
-    looked = (alpha[:, :steps] * x).sum(-1)  # (B, steps)
-    truth = centres[:, :steps].to(alpha.device)
-    distance = (looked[..., None] - centres[:, None, :].to(alpha.device)).abs().nan_to_num(float("inf"))
-    nearest = distance.argmin(-1)
-    valid = ~truth.isnan()
-    hit = nearest == torch.arange(steps, device=alpha.device)[None]
-    return {"looked": looked, "hit": hit, "valid": valid}
-
-
-def character_error_rate(predictions: list[str], targets: list[str]) -> float:
-    """Sum of Levenshtein distances over the sum of target lengths (rapidfuzz)."""
-    from rapidfuzz.distance import Levenshtein
-
-    if isinstance(predictions, str) or isinstance(targets, str):
-        raise TypeError("predictions and targets must be lists of strings, not one string")
-    if len(predictions) != len(targets) or not targets:
-        raise ValueError(f"expected as many predictions as targets, at least one; got {len(predictions)} "
-                         f"predictions and {len(targets)} targets")
-    if not sum(len(t) for t in targets):
-        raise ValueError("targets are all empty strings: the character error rate is undefined")
-    return sum(Levenshtein.distance(p, t) for p, t in zip(predictions, targets)) / sum(len(t) for t in targets)
-
-
-@torch.no_grad()
-def evaluate_reading(model: R2AM, data, splits=("test_words", "test_random"), beam_size: int = 1,
-                     batch_size: int = 500) -> dict[str, float]:
-    """Word accuracy, character error rate and (with attention) alignment accuracy on each split.
-
-    Alignment is scored on the characters read correctly: the attended position x^_t must be
-    nearer the true centre of character t than to any other. ``splits`` may be one split's name.
-    """
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be positive, got {batch_size}")
-    splits = (splits,) if isinstance(splits, str) else splits
-    out: dict[str, float] = {}
-    for split in splits:
-        predictions, targets, hits = [], [], []
-        for batch in data.batches(split, batch_size):
-            result = read(model, batch["images"], beam_size, polarity="light_on_dark")  # rendered light on dark
-            predictions += result["texts"]
-            targets += batch["texts"]
-            if model.config.attention == "soft":
-                scored = alignment(result["alpha"], batch["centres"])
-                tokens = result["tokens"][:, :scored["hit"].shape[1]]
-                truth = batch["tokens"][:, 1:1 + tokens.shape[1]].to(tokens.device)
-                keep = scored["valid"] & (tokens == truth)
-                hits.append(scored["hit"][keep])
-        name = split.split("_", 1)[1]
-        out[f"word_accuracy_{name}"] = sum(p == t for p, t in zip(predictions, targets)) / len(targets)
-        out[f"cer_{name}"] = character_error_rate(predictions, targets)
-        if hits and sum(len(h) for h in hits):
-            out[f"alignment_{name}"] = float(torch.cat(hits).float().mean())
-        elif model.config.attention == "soft":
-            out[f"alignment_{name}"] = 0.0  # no character read correctly: nothing aligned
-    return out
-
-
-# --------------------------------------------------------------------------- E. training recipes and registry
-
-TASKS = BLOCKS + tuple(f"{b}-noattn" for b in BLOCKS)
-TRAINING = {  # steps in the quick and full profiles; batch size; Adam's learning rate
-    # Measured at 10,000 steps (one CPU thread each, about 43 min): held-out words / random strings,
-    # greedy: recursive 89.4% (CER 2.2%) / 75.0%; recurrent 91.8% (CER 1.5%) / 79.1%; beam 3 on the
-    # recurrent one 92.5%. Characters aligned: 99%. Below the 95% target, hence 20,000 steps (about
-    # 97 min each): recursive 94.4% (CER 1.1%) / 81.3%; recurrent 95.5% (CER 1.0%) / 86.7% (shipped).
-    # The rest of the ablation at 10,000 steps (--steps 10000), words / random strings: plain 93.2% / 83.5%;
-    # without attention, plain 88.0% / 55.3%, recurrent 85.8% / 52.5%, recursive 74.2% / 32.6%.
-    "quick": 400, "full": 20000, "batch": 64, "lr": 2e-3,
-}
-DATA_SEED = 0
-
-
-def _model_config(task: str) -> dict[str, Any]:
-    if task not in TASKS:
-        raise ValueError(f"unknown R2AM variant {task!r}; choose one of: {', '.join(TASKS)}")
-    block, _, suffix = task.partition("-")
-    return {"kind": "r2am", **asdict(R2AMConfig(block=block, attention="none" if suffix else "soft"))}
-
-
-def _build(config: Mapping[str, Any]) -> R2AM:
-    if config.get("kind", "r2am") != "r2am":
-        raise ValueError(f"config is for model {config.get('kind')!r}, not 'r2am'")
-    return R2AM(config_from_dict(R2AMConfig, config))
-
-
-def train_r2am(task: str = "recursive", profile: str | None = None, device=None, seed: int = 0,
-               checkpoint_path=None, progress: bool = True, steps: int | None = None,
-               batch_size: int | None = None, data=None, lr: float | None = None,
-               config: R2AMConfig | None = None, extra_state=None) -> tuple[R2AM, TrainResult, str]:
-    """Train R2AM (``task`` = block, with "-noattn" for no attention) on freshly rendered text lines.
-
-    ``config`` replaces the registered configuration of ``task`` (e.g. ``R2AMConfig(T=3)``, or
-    ``tied=False``), for experiments; the CLI always trains the registered one.
-
-    Adam, learning rate on a cosine to 1/20 of its start, gradients clipped at norm 5; every
-    batch is new, so the model never sees a line twice. At the end, validation word
-    accuracy is logged.
-    """
-    from .data.text_lines import TextLines
-    from .runtime import get_device
-
-    if config is not None and not isinstance(config, R2AMConfig):
-        raise TypeError(f"config must be an R2AMConfig or None, got {type(config).__name__}")
-    model_config = {"kind": "r2am", **asdict(config)} if config is not None else _model_config(task)
-    for name, value in (("steps", steps), ("batch_size", batch_size)):
-        if value is not None and value < 1:
-            raise ValueError(f"{name} must be a positive int (or None for the recipe's default), got {value}")
-    if lr is not None and not lr > 0:
-        raise ValueError(f"lr must be positive (or None for the recipe's default), got {lr}")
-    device = torch.device(device) if device is not None else get_device()
-    profile = get_profile(profile)
-    torch.manual_seed(seed)
-    model = _build(model_config).to(device)
-    data = TextLines(device=device) if data is None else data
-    total = pick(TRAINING["quick"], TRAINING["full"], profile) if steps is None else steps
-    batch_size = TRAINING["batch"] if batch_size is None else batch_size
-    lr = TRAINING["lr"] if lr is None else lr
-    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total, eta_min=lr / 20)
-    config = TrainConfig(steps=total, batch_size=batch_size, lr=lr, seed=seed, log_every=25,
-                         clip_grad_norm=5.0, amp=False, eval_every=0, checkpoint_every=500 if total > 1000 else 0)
-
-    def validate(m):
-        return evaluate_reading(m, data, ("val_words",))
-
-    result = fit(model, data.sample, r2am_loss, config, optimizer=optimizer, scheduler=scheduler, device=device,
-                 evaluate=validate, checkpoint_path=checkpoint_path, progress=progress, desc=f"R2AM ({task})",
-                 extra_state={"model_config": model_config, **(extra_state or {})})
-    return model, result, data.describe()
-
-
-def _evaluate(model: nn.Module, task: str, device) -> tuple[dict[str, float], int]:
-    from .data.text_lines import TextLines
-
-    data = TextLines(device=device)
-    scores = evaluate_reading(model, data)
-    return scores, 2 * data.config.test_size
-
-
-R2AM_SPEC = register(ModelSpec(
-    name="r2am", description="attention OCR with recursive, recurrent or plain CNNs (Lee & Osindero 2016) on "
-                             "rendered text lines: word accuracy and character error rate on held-out words "
-                             "and random strings",
-    tasks=TASKS, model_config=_model_config, build=_build, train=train_r2am, evaluate=_evaluate,
-    default_task="recursive"))

@@ -18,16 +18,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
-from typing import Any
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .registry import ModelSpec, config_from_dict, register
-from .runtime import get_profile, pick
-from .train import TrainConfig, TrainResult, fit
+from .runtime import evaluating
 
 
 @dataclass(frozen=True)
@@ -57,20 +54,15 @@ class RAMConfig:
             raise ValueError(f"std must be positive, got {self.std}")
 
 
-
 # The paper's configurations (Mnih et al. 2014, section 4.1): image, glimpse size g, scales k and
-# glimpses T. The paper's core is the rectifier RNN; on the larger canvases ours is the LSTM, because
-# with the rectifier core translated60 stopped at 1.86% test error after 80,000 steps, above the
-# course's 1.6% target, and after 12,000 steps of the same recipe the rectifier core was at 5.23%
-# against the LSTM's 2.86% (chapter 1 reports both; cluttered100 is not trained here).
+# glimpses T. On the 60 x 60 canvases the core is an LSTM, not the paper's rectifier RNN: chapter 1's
+# "what differs" section gives the measurements behind that choice.
 PAPER_CONFIGS = {
     "mnist28": RAMConfig(image_size=28, glimpse_size=8, num_scales=1, num_glimpses=6),
     "translated60": RAMConfig(image_size=60, glimpse_size=12, num_scales=3, num_glimpses=8, core="lstm"),
     "cluttered60": RAMConfig(image_size=60, glimpse_size=12, num_scales=3, num_glimpses=8, core="lstm"),
     "cluttered100": RAMConfig(image_size=100, glimpse_size=12, num_scales=4, num_glimpses=8, core="lstm"),
 }
-# The test error each shipped checkpoint must reach (the paper's Table 1: 1.12%, 1.20% and 4.04%).
-TARGET_ERROR = {"mnist28": 0.013, "translated60": 0.016, "cluttered60": 0.05}
 
 
 # --------------------------------------------------------------------------- A. the glimpse sensor
@@ -342,7 +334,7 @@ def hybrid_loss(out: Mapping[str, torch.Tensor], labels: torch.Tensor) -> tuple[
     return loss, {"accuracy": correct.mean(), "reward_baseline_gap": (R - baselines).abs().mean().detach()}
 
 
-# --------------------------------------------------------------------------- D. training recipe and CLI
+# --------------------------------------------------------------------------- D. where the first glimpse goes
 
 
 # Where the first glimpse l_0 goes, per task. On the centred 28 x 28 digits it is drawn
@@ -363,121 +355,7 @@ def ram_loss(model: RecurrentAttentionModel, batch: Mapping[str, torch.Tensor], 
     return hybrid_loss(model(batch["images"], l_0=l_0), batch["labels"])
 
 
-@torch.no_grad()
-def test_error(model: RecurrentAttentionModel, task, sample: bool = False, seed: int = 0) -> tuple[float, int]:
-    """Error on the task's test set; l_0 as :data:`FIRST_GLIMPSE_AT_CENTRE` says (drawn from ``seed``
-    where it is random, like any sampling)."""
-    was_training = model.training
-    model.eval()
-    generator = torch.Generator(device=task.device).manual_seed(seed)
-    wrong = torch.zeros((), device=task.device)
-    total = 0
-    for batch in task.test_batches():
-        l_0 = first_location(task.variant, len(batch["labels"]), task.device)
-        out = model(batch["images"], l_0=l_0, sample=sample, generator=generator)
-        wrong += (out["log_probs"].argmax(-1) != batch["labels"]).sum()
-        total += len(batch["labels"])
-    model.train(was_training)
-    return float(wrong.item()) / total, total
-
-
-TRAINING = {  # steps in the quick and full profiles (batch size 128, Adam from 1e-3 with cosine decay)
-    "mnist28": (1500, 60_000),
-    "translated60": (1500, 80_000),
-    "cluttered60": (1500, 100_000),
-    "cluttered100": (1500, 100_000),
-}
-# The shipped 60 x 60 checkpoints (LSTM core) were trained by the full profile on one CPU thread, two
-# runs side by side: translated60 1.25% test error in 86 min (held-out error at 16k, 32k, 48k, 64k, 80k
-# steps: 2.83%, 2.04%, 1.60%, 1.31%, 1.25%); cluttered60 4.10% in 107 min (at 20k, 40k, ..., 100k:
-# 7.92%, 6.12%, 4.99%, 4.45%, 4.10%).
-# Measured with the rectifier core on the 60 x 60 tasks, before the LSTM replaced it there:
-# a larger learning rate, 3e-3, learns faster over the first 4,000 steps on translated60
-# (12.5% against 18.7% held-out error) but ends worse: 6.9% at 24k of 60k steps on
-# translated60 (1e-3: 3.4% at 32k of 80k), and 24.2% at 16k of 80k steps on cluttered60.
-# On an H100 a larger batch costs little per step: `train ram --task translated60 --batch-size 512
-# --steps 30000` reached 1.90% test error in 1,068 s (28 steps/s, sharing the GPU with a DRAW run), about
-# the 1.86% that batch 128 reached in 80,000 steps on one CPU core (first glimpse drawn uniformly); held-out
-# error at 6k, 12k, 18k, 24k, 30k steps: 4.37%, 2.88%, 2.22%, 1.96%, 1.90%.
-LEARNING_RATE = 1e-3
-BATCH_SIZE = 128
-
-
-def _model_config(task: str) -> dict[str, Any]:
-    return {"kind": "ram", **asdict(PAPER_CONFIGS[task])}
-
-
-def _build(config: Mapping[str, Any]) -> RecurrentAttentionModel:
-    if config.get("kind", "ram") != "ram":
-        raise ValueError(f"config is for model {config.get('kind')!r}, not 'ram'")
-    return RecurrentAttentionModel(config_from_dict(RAMConfig, config))
-
-
-def train_ram(task: str, profile: str | None = None, device=None, seed: int = 0, checkpoint_path=None,
-              progress: bool = True, steps: int | None = None, batch_size: int | None = None,
-              config: RAMConfig | None = None, extra_state=None) -> tuple[RecurrentAttentionModel, TrainResult, str]:
-    """Train RAM from scratch on ``task`` with the hybrid loss and Adam.
-
-    ``config`` changes the model (default: ``PAPER_CONFIGS[task]``), e.g. the number of glimpses
-    or the core network; its image size must be the task's. ``steps`` defaults to the profile's,
-    ``batch_size`` to :data:`BATCH_SIZE`. ``extra_state`` (the command line's model, task and
-    config) is stored in the training state and checked when a run resumes.
-
-    Mixed precision stays off on a GPU: the networks are small (casts would cost more than they
-    save) and the REINFORCE term needs accurate log-likelihoods of the sampled locations.
-    """
-    from .data.tasks import MNISTVariantTask
-    from .runtime import get_device
-
-    if task not in PAPER_CONFIGS:
-        raise ValueError(f"unknown RAM task {task!r}; expected one of {', '.join(PAPER_CONFIGS)}")
-    for name, value in (("steps", steps), ("batch_size", batch_size)):
-        if value is not None and value < 1:
-            raise ValueError(f"{name} must be a positive int (or None for the recipe's default), got {value}")
-    if config is not None and not isinstance(config, RAMConfig):
-        raise TypeError(f"config must be a RAMConfig or None, got {type(config).__name__}")
-    device = torch.device(device) if device is not None else get_device()
-    profile = get_profile(profile)
-    if config is not None and config.image_size != PAPER_CONFIGS[task].image_size:
-        raise ValueError(f"config.image_size is {config.image_size}, but {task} images are "
-                         f"{PAPER_CONFIGS[task].image_size} x {PAPER_CONFIGS[task].image_size}")
-    torch.manual_seed(seed)
-    model = RecurrentAttentionModel(config or PAPER_CONFIGS[task]).to(device)
-    data = MNISTVariantTask(task, device=device)
-    quick, full = TRAINING[task]
-    total = pick(quick, full, profile) if steps is None else steps
-    optimizer = torch.optim.Adam(model.parameters(), lr=LEARNING_RATE)
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total, eta_min=1e-5)
-    batch_size = BATCH_SIZE if batch_size is None else batch_size
-    config = TrainConfig(steps=total, batch_size=batch_size, lr=LEARNING_RATE, seed=seed, log_every=50, clip_grad_norm=5.0, amp=False,
-                         eval_every=max(total // 5, 1000) if total > 5000 else 0,
-                         checkpoint_every=2000 if total > 5000 else 0)
-    def loss(model, batch):
-        return ram_loss(model, batch, first_location(task, len(batch["labels"]), device))
-
-    result = fit(model, data.sample, loss, config, optimizer=optimizer, scheduler=scheduler, device=device,
-                 evaluate=lambda m: {"error": test_error(m, data)[0]}, checkpoint_path=checkpoint_path,
-                 progress=progress, desc=f"RAM on {task}", extra_state=extra_state)
-    description = (f"MNIST train split, variant {task} generated per batch; test: the 10,000 MNIST test digits, "
-                   f"variant generated from fixed seeds")
-    return model, result, description
-
-
-def _evaluate(model: nn.Module, task: str, device) -> tuple[dict[str, float], int]:
-    from .data.tasks import MNISTVariantTask
-
-    data = MNISTVariantTask(task, device=device)
-    error, total = test_error(model, data)
-    return {"error": error, "accuracy": 1.0 - error}, total
-
-
-RAM_SPEC = register(ModelSpec(
-    name="ram", description="Recurrent Attention Model (Mnih et al. 2014), paper configuration per task",
-    tasks=tuple(PAPER_CONFIGS), model_config=_model_config, build=_build, train=train_ram, evaluate=_evaluate,
-    default_task="mnist28"))
-
-
-# --------------------------------------------------------------------------- E. looking inside a trained model
+# --------------------------------------------------------------------------- E. following the policy
 
 
 def to_pixels(l: torch.Tensor, size: int) -> torch.Tensor:
@@ -487,7 +365,6 @@ def to_pixels(l: torch.Tensor, size: int) -> torch.Tensor:
     return (l + 1) * size / 2 - 0.5
 
 
-@torch.no_grad()
 def glimpse_paths(model: RecurrentAttentionModel, images: torch.Tensor, l_0: torch.Tensor | None = None,
                   locations: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
     """Run the deterministic policy (l_t = mu_t) on ``images`` and report every step.
@@ -496,58 +373,11 @@ def glimpse_paths(model: RecurrentAttentionModel, images: torch.Tensor, l_0: tor
     ``pixels`` (B, T, 2) as (column, row), ``probabilities`` (B, T, classes) (a_t after
     each glimpse) and ``predicted`` (B,), the class after the last glimpse.
     """
-    was_training = model.training
-    model.eval()
     if l_0 is None and locations is None:
         l_0 = images.new_zeros(len(images), 2)
-    out = model(images, l_0=l_0, sample=False, locations=locations)
-    model.train(was_training)
+    with evaluating(model):
+        out = model(images, l_0=l_0, sample=False, locations=locations)
     where = out["locations"].transpose(0, 1)
     probabilities = out["logits_per_step"].softmax(-1).transpose(0, 1)
     return {"locations": where, "pixels": to_pixels(where, images.shape[-1]), "probabilities": probabilities,
             "predicted": probabilities[:, -1].argmax(-1)}
-
-
-def inside_boxes(l: torch.Tensor, boxes: torch.Tensor, size: int) -> torch.Tensor:
-    """Whether each location l (B, T, 2) in [-1, 1] falls in its image's box (B, 4) = (x0, y0, x1, y1) in pixels."""
-    if l.dim() != 3 or l.shape[-1] != 2 or boxes.shape != (l.shape[0], 4):
-        raise ValueError(f"expected locations l (B, T, 2) and boxes (B, 4), got {tuple(l.shape)} and "
-                         f"{tuple(boxes.shape)}")
-    if size < 1:
-        raise ValueError(f"size (the image side in pixels) must be positive, got {size}")
-    edge = (l + 1) / 2 * size  # pixel-edge coordinates, like the boxes
-    box = boxes[:, None].to(l.dtype)
-    return ((edge[..., 0] >= box[..., 0]) & (edge[..., 0] < box[..., 2])
-            & (edge[..., 1] >= box[..., 1]) & (edge[..., 1] < box[..., 3]))
-
-
-@torch.no_grad()
-def glimpse_statistics(model: RecurrentAttentionModel, task, seed: int = 0) -> dict[str, torch.Tensor]:
-    """On the task's whole test set, starting at the centre and following the mean of the policy:
-
-    * ``error_per_step`` (T,): the error of a_t after each glimpse;
-    * ``hits_per_step`` (T,): the share of glimpse centres inside the digit's box;
-    * ``random_hits``: that share for locations drawn uniformly in [-1, 1]^2;
-    * ``random_error``: the error when the same model looks at T uniformly random places
-      (with the first at the centre) instead of where its policy sends it.
-    """
-    generator = torch.Generator(device=task.device).manual_seed(seed)
-    size, T = model.config.image_size, model.config.num_glimpses
-    wrong = torch.zeros(T, device=task.device)
-    hits = torch.zeros(T, device=task.device)
-    random_hits = torch.zeros((), device=task.device)
-    random_wrong = torch.zeros((), device=task.device)
-    total = 0
-    for batch in task.test_batches():
-        images, labels, boxes = batch["images"], batch["labels"], batch["boxes"]
-        paths = glimpse_paths(model, images)
-        wrong += (paths["probabilities"].argmax(-1) != labels[:, None]).sum(0)
-        hits += inside_boxes(paths["locations"], boxes, size).sum(0)
-        uniform = torch.rand(T, len(labels), 2, device=task.device, generator=generator) * 2 - 1
-        uniform[0] = 0.0
-        random_hits += inside_boxes(uniform[1:].transpose(0, 1), boxes, size).float().mean(1).sum()
-        blind = glimpse_paths(model, images, locations=uniform)
-        random_wrong += (blind["predicted"] != labels).sum()
-        total += len(labels)
-    return {"error_per_step": (wrong / total).cpu(), "hits_per_step": (hits / total).cpu(),
-            "random_hits": float(random_hits / total), "random_error": float(random_wrong / total)}

@@ -1,94 +1,65 @@
-"""The models the command line knows: each chapter registers its own here.
+"""The models the command line knows, collected from the chapters' experiments.
 
-A :class:`ModelSpec` tells the CLI how to build a model from its config, how to
-train it on a task in a profile, and how to evaluate it. ``python -m attn_course
-train MODEL --task T`` and ``evaluate MODEL --task T`` look models up by name.
+``python -m attn_course train MODEL --task T`` and ``evaluate MODEL --task T`` look models
+up here by name. The registry imports the chapters (through :mod:`attn_course.experiments`)
+and no chapter imports it, so adding a chapter means adding its module to
+``experiments.CHAPTERS``.
 """
 
 from __future__ import annotations
 
-import inspect
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, fields
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
+from .spec import ModelSpec
+from .spec import train_model as _train_spec
 from .train import TrainResult
 
 
-@dataclass(frozen=True)
-class ModelSpec:
-    """What a chapter registers for one model.
+def _collect() -> dict[str, ModelSpec]:
+    from .experiments import CHAPTERS
 
-    ``model_config(task)`` gives the config the model is built from (a dict of JSON
-    values); ``build(config)`` makes the ``nn.Module``; ``train(task, profile, device,
-    seed, checkpoint_path, progress, steps, batch_size, extra_state)`` trains from scratch and
-    returns ``(model, TrainResult, data_description)`` (``steps`` and ``batch_size``: ``None`` or
-    absent means the recipe's own; ``extra_state``, if the recipe takes it, goes to
-    :func:`~attn_course.train.fit`, which stores it in the training state and checks it on
-    resume); ``evaluate(model, task, device)`` returns ``(metrics, num_examples)`` on the
-    task's test set.
-    """
-
-    name: str
-    description: str
-    tasks: tuple[str, ...]
-    model_config: Callable[[str], dict[str, Any]]
-    build: Callable[[Mapping[str, Any]], nn.Module]
-    train: Callable[..., tuple[nn.Module, TrainResult, str]]
-    evaluate: Callable[[nn.Module, str, torch.device], tuple[dict[str, float], int]]
-    default_task: str | None = None
-
-    def check_task(self, task: str | None) -> str:
-        task = task or self.default_task or self.tasks[0]
-        if task not in self.tasks:
-            raise ValueError(f"model {self.name!r} has no task {task!r}; choose one of: {', '.join(self.tasks)}")
-        return task
-
-
-def config_from_dict(cls, values: Mapping[str, Any]):
-    """The config dataclass ``cls`` from a stored model config (JSON values; its ``kind`` is ignored).
-
-    Keys ``cls`` does not know are an error naming them, so a checkpoint written for
-    another version of a model fails loudly instead of loading into the wrong shape.
-    """
-    known = {f.name for f in fields(cls)}
-    unknown = set(values) - known - {"kind"}
-    if unknown:
-        raise ValueError(f"unknown {cls.__name__} keys: {sorted(unknown)}")
-    return cls(**{k: v for k, v in values.items() if k in known})
+    specs: dict[str, ModelSpec] = {}
+    for chapter in CHAPTERS:
+        for spec in chapter.SPECS:
+            if spec.name in specs:
+                raise ValueError(f"two models are named {spec.name!r}")
+            specs[spec.name] = spec
+    return specs
 
 
 _REGISTRY: dict[str, ModelSpec] = {}
 
 
-def register(spec: ModelSpec) -> ModelSpec:
-    """Add a model to the registry (a chapter module calls this at import)."""
-    if spec.name in _REGISTRY and _REGISTRY[spec.name] is not spec:
-        raise ValueError(f"a model named {spec.name!r} is registered already")
-    _REGISTRY[spec.name] = spec
-    return spec
+def _registry() -> dict[str, ModelSpec]:
+    if not _REGISTRY:
+        _REGISTRY.update(_collect())
+    return _REGISTRY
 
 
-def _load_chapter_modules() -> None:
-    # Importing a chapter module registers its models. Add new chapters here.
-    from . import baselines, draw, r2am, ram, show_attend_tell, transformer  # noqa: F401
-
-
-def get_spec(name: str) -> ModelSpec:
-    """The registered model called ``name``; a clear error lists the choices."""
-    _load_chapter_modules()
-    if name not in _REGISTRY:
-        raise ValueError(f"unknown model {name!r}; choose one of: {', '.join(sorted(_REGISTRY))}")
-    return _REGISTRY[name]
+def get_spec(name: str | ModelSpec) -> ModelSpec:
+    """The model called ``name``; a clear error lists the choices."""
+    if isinstance(name, ModelSpec):
+        return name
+    registry = _registry()
+    if name not in registry:
+        raise ValueError(f"unknown model {name!r}; choose one of: {', '.join(sorted(registry))}")
+    return registry[name]
 
 
 def all_specs() -> list[ModelSpec]:
-    _load_chapter_modules()
-    return [_REGISTRY[name] for name in sorted(_REGISTRY)]
+    registry = _registry()
+    return [registry[name] for name in sorted(registry)]
+
+
+def train_model(model: str | ModelSpec, task: str | None = None, **options) -> tuple[nn.Module, TrainResult, str]:
+    """Train the model called ``model`` on ``task`` with its recipe: see :func:`attn_course.spec.train_model`
+    for the options (profile, device, seed, steps, batch_size, lr, config, data, checkpoint_path, progress)."""
+    return _train_spec(get_spec(model), task, **options)
 
 
 def load_pretrained(name: str, task: str | None = None, device: torch.device | str | None = None) -> nn.Module:
@@ -122,15 +93,6 @@ def load_model_file(spec: ModelSpec, task: str, path, device: torch.device | str
 
 
 # --------------------------------------------------------------------------- the run a training state belongs to
-
-
-def takes_extra_state(spec: ModelSpec) -> bool:
-    """Whether ``spec.train`` accepts ``extra_state`` (to pass on to :func:`~attn_course.train.fit`)."""
-    try:
-        parameters = inspect.signature(spec.train).parameters.values()
-    except (TypeError, ValueError):
-        return False
-    return any(p.name == "extra_state" or p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters)
 
 
 def _describe_run(run: Mapping[str, Any]) -> str:

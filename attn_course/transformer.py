@@ -25,17 +25,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
-from typing import Any
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .data.sequences import BOS, EOS, PAD, VOCAB_SIZE
-from .registry import ModelSpec, config_from_dict, register
-from .runtime import get_profile, pick
-from .train import TrainConfig, TrainResult, fit
+from .data.sequences import BOS, EOS, PAD
 
 
 @dataclass(frozen=True)
@@ -594,32 +590,11 @@ def beam_search(model: Transformer, src: torch.Tensor, max_len: int, beam_size: 
     return _finish(chosen), score.gather(1, top[:, None])[:, 0]
 
 
-# --------------------------------------------------------------------------- G. training recipe and CLI
+# --------------------------------------------------------------------------- G. the loss and decoding for use
 
 
-# The course's model: small enough to train on one CPU thread in minutes (the paper's base is 512/2048/8/6+6).
-COURSE_CONFIG = dict(vocab_size=VOCAB_SIZE, d_model=64, heads=4, d_ff=256, encoder_layers=2, decoder_layers=2,
-                     dropout=0.0, norm="post", max_len=64)
-TRAINING = {  # steps in the quick and full profiles, warmup steps, batch size
-    "copy": (250, 2000, 400, 64),
-    "reverse": (250, 2000, 400, 64),
-    "sort": (250, 2500, 400, 64),
-    "dates": (250, 2800, 400, 64),
-}
 LABEL_SMOOTHING = 0.1
 COOLDOWN = 0.3  # the last 30% of a run ramps the rate of (5.5) down to zero
-
-
-def _model_config(task: str) -> dict[str, Any]:
-    if task not in TRAINING:
-        raise ValueError(f"unknown task {task!r}; choose one of: {', '.join(TRAINING)}")
-    return {"kind": "transformer", **asdict(TransformerConfig(**COURSE_CONFIG))}
-
-
-def _build(config: Mapping[str, Any]) -> Transformer:
-    if config.get("kind", "transformer") != "transformer":
-        raise ValueError(f"config is for model {config.get('kind')!r}, not 'transformer'")
-    return Transformer(config_from_dict(TransformerConfig, config))
 
 
 def transformer_loss(model: Transformer, batch: Mapping[str, torch.Tensor], epsilon: float = LABEL_SMOOTHING):
@@ -646,76 +621,6 @@ def predict(model: Transformer, src: torch.Tensor, max_len: int, beam_size: int 
     return out
 
 
-def same_sequences(predicted: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Row-wise equality of two id tensors padded to one width with PAD."""
-    if predicted.dim() != 2 or target.dim() != 2 or predicted.shape[0] != target.shape[0]:
-        raise ValueError(f"expected predicted and target of shapes (B, T) and (B, T'), got {tuple(predicted.shape)} "
-                         f"and {tuple(target.shape)}")
-    T = max(predicted.shape[1], target.shape[1])
-    a = F.pad(predicted, (0, T - predicted.shape[1]), value=PAD)
-    b = F.pad(target, (0, T - target.shape[1]), value=PAD)
-    return (a == b).all(1)
-
-
-@torch.no_grad()
-def exact_match(model: Transformer, task, beam_size: int = 1, batch_size: int = 500) -> tuple[float, int]:
-    """The share of the task's held-out test set whose whole output (EOS included) is right."""
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be positive, got {batch_size}")
-    right, total = 0, 0
-    for batch in task.test_batches(batch_size):
-        predicted = predict(model, batch["src"], task.max_target_length, beam_size)
-        right += int(same_sequences(predicted, batch["tgt"][:, 1:]).sum())
-        total += len(batch["src"])
-    return right / total, total
-
-
-def train_transformer(task: str, profile: str | None = None, device=None, seed: int = 0, checkpoint_path=None,
-                      progress: bool = True, steps: int | None = None,
-                      batch_size: int | None = None, extra_state=None) -> tuple[Transformer, TrainResult, str]:
-    """Train the course's Transformer from scratch on ``task`` with the label-smoothed loss, Adam and (5.5)."""
-    from .data.sequences import SequenceTask
-    from .runtime import get_device
-
-    model_config = _model_config(task)  # checks the task
-    for name, value in (("steps", steps), ("batch_size", batch_size)):
-        if value is not None and value < 1:
-            raise ValueError(f"{name} must be a positive int (or None for the recipe's default), got {value}")
-    device = torch.device(device) if device is not None else get_device()
-    profile = get_profile(profile)
-    torch.manual_seed(seed)
-    model = _build(model_config).to(device)
-    data = SequenceTask(task, device=device)
-    quick, full, warmup, default_batch = TRAINING[task]
-    batch_size = default_batch if batch_size is None else batch_size
-    total = pick(quick, full, profile) if steps is None else steps
-    warmup = min(warmup, max(total // 4, 1))
-    factor = 1.0
-    optimizer, scheduler = noam_optimizer(model, model.config.d_model, warmup, factor, total, COOLDOWN)
-    config = TrainConfig(steps=total, batch_size=batch_size, lr=factor, seed=seed, log_every=25,
-                         clip_grad_norm=1.0, eval_every=0, checkpoint_every=500 if total > 1000 else 0)
-    result = fit(model, data.sample, transformer_loss, config, optimizer=optimizer, scheduler=scheduler,
-                 device=device, checkpoint_path=checkpoint_path, progress=progress,
-                 desc=f"Transformer on {task}", extra_state={"model_config": model_config, **(extra_state or {})})
-    return model, result, data.describe()
-
-
-def _evaluate(model: nn.Module, task: str, device) -> tuple[dict[str, float], int]:
-    from .data.sequences import SequenceTask
-
-    accuracy, total = exact_match(model, SequenceTask(task, device=device))
-    return {"exact_match": accuracy}, total
-
-
-TRANSFORMER_SPEC = register(ModelSpec(
-    name="transformer", description="Transformer (Vaswani et al. 2017), post-norm, 2+2 layers, d_model 64, 4 heads",
-    tasks=tuple(TRAINING), model_config=_model_config, build=_build, train=train_transformer, evaluate=_evaluate,
-    default_task="dates"))
-
-
-# --------------------------------------------------------------------------- H. looking inside a trained model
-
-
 @torch.no_grad()
 def attention_maps(model: Transformer, src: torch.Tensor, max_len: int) -> dict[str, torch.Tensor]:
     """Decode ``src`` (B, S) greedily, then return every attention weight of the pass that produced the
@@ -728,37 +633,3 @@ def attention_maps(model: Transformer, src: torch.Tensor, max_len: int) -> dict[
     maps = model.attention(src, tgt)
     model.train(was_training)
     return {**maps, "output": output}
-
-
-@torch.no_grad()
-def alignment_hits(model: Transformer, task, batch_size: int = 500) -> dict[str, torch.Tensor]:
-    """How often each cross-attention head's strongest weight for an output character falls on a source
-    character that carries it (the generator's ``carriers``), teacher-forced on the test set.
-
-    Returns ``hits`` (L_dec, h) over every output character that has carriers, ``mean_hits``
-    (L_dec,) for the weights averaged over the heads, and ``chance``: the same share for a
-    key picked uniformly at random among the non-padding source characters.
-    """
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be positive, got {batch_size}")
-    was_training = model.training
-    model.eval()
-    hits = mean_hits = None
-    chance, count = 0.0, 0
-    for batch in task.test_batches(batch_size):
-        cross = model.attention(batch["src"], batch["tgt"][:, :-1])["cross"]  # (L, B, h, T, S)
-        carriers = batch["carriers"]  # (B, T, S)
-        rows = carriers.any(-1)  # (B, T): outputs with a known source
-        strongest = cross.argmax(-1)  # (L, B, h, T)
-        hit = carriers[None, :, None].expand(cross.shape).gather(-1, strongest[..., None])[..., 0]
-        per_head = (hit & rows[None, :, None]).sum((1, 3)).float()  # (L, h)
-        averaged = carriers[None].expand(cross.shape[0], *carriers.shape).gather(
-            -1, cross.mean(2).argmax(-1)[..., None])[..., 0]
-        per_layer = (averaged & rows[None]).sum((1, 2)).float()
-        hits = per_head if hits is None else hits + per_head
-        mean_hits = per_layer if mean_hits is None else mean_hits + per_layer
-        lengths = (batch["src"] != PAD).sum(1, keepdim=True).float()
-        chance += float((carriers.sum(-1) / lengths)[rows].sum())
-        count += int(rows.sum())
-    model.train(was_training)
-    return {"hits": hits / count, "mean_hits": mean_hits / count, "chance": chance / count, "outputs": count}

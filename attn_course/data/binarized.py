@@ -85,5 +85,11 @@ class BinarizedMNIST:
             stop = start + batch_size
             yield {"images": self.test_images[start:stop, None].float(), "labels": self.test_labels[start:stop]}
 
+    def describe(self) -> str:
+        """The data in one line, for a model card."""
+        return ("MNIST train split, binarised dynamically (a fresh Bernoulli draw per batch, seeded from the "
+                f"run's generator); test: the {len(self.test_images):,} MNIST test digits binarised once with "
+                "a fixed seed (attn_course.data.binarized.TEST_SEED)")
+
     def __len__(self) -> int:
         return len(self.train_images)

@@ -62,5 +62,10 @@ class MNISTVariantTask:
                 device=self.device,
             )
 
+    def describe(self) -> str:
+        """The data in one line, for a model card."""
+        return (f"MNIST train split, variant {self.variant} generated per batch; test: the "
+                f"{len(self.test_labels):,} MNIST test digits, variant generated from fixed seeds")
+
     def __len__(self) -> int:
         return len(self.train_labels)

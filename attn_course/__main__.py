@@ -193,7 +193,7 @@ def _unfinished_run(spec, task: str) -> dict:
 
 def cmd_train(args: argparse.Namespace, argv: list[str]) -> int:
     from .checkpoints import check_writable, output_lock, pretrained_name, save_pretrained
-    from .registry import check_resumable, get_spec, takes_extra_state
+    from .registry import check_resumable, get_spec, train_model
 
     spec = get_spec(args.model)
     task = spec.check_task(_with_attention_flag(spec, args))
@@ -209,12 +209,10 @@ def cmd_train(args: argparse.Namespace, argv: list[str]) -> int:
         check_resumable(state_path, run)  # a state left by another model, task or config is not resumed
         print(banner(profile, device))
         try:
-            model, result, data_description = spec.train(
-                task, profile=profile, device=device, seed=args.seed, checkpoint_path=state_path,
-                progress=not args.no_progress, steps=args.steps,
-                **({"batch_size": args.batch_size} if args.batch_size is not None else {}),
-                # fit stores the run in the training state and checks it on resume (recipes that take it)
-                **({"extra_state": run} if takes_extra_state(spec) else {}))
+            # fit stores the run in the training state and checks it on resume
+            model, result, data_description = train_model(
+                spec, task, profile=profile, device=device, seed=args.seed, checkpoint_path=state_path,
+                progress=not args.no_progress, steps=args.steps, batch_size=args.batch_size, extra_state=run)
         except NonFiniteLossError as error:
             kept = f"; the last saved state is kept in {state_path}" if state_path.exists() else ""
             raise CommandError(f"training {spec.name} on {task} stopped: {error}{kept}") from error

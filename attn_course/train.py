@@ -18,6 +18,23 @@ Ctrl-C (SIGINT) or SIGTERM stops the run at the end of the current step and save
 there, and the same call resumes it so that weights, optimiser state and history equal
 those of an uninterrupted run. A second Ctrl-C stops at once, after saving the state of
 the last completed step.
+
+For the next maintainer: what must stay is one :func:`fit` for every chapter, with
+exact resume at step boundaries (a resumed run equals an uninterrupted one bitwise;
+``tests/test_train.py`` signals at every point of a step to check it). It rests on
+four things. Everything a step changes (weights, buffers, optimiser, scheduler, scaler,
+step, history, the unlogged window, the owed evaluation, every RNG) is in the saved
+state, and the update that changes it runs in a ``_StopSignals.protected`` block ending
+with ``_Run._mark`` (see :class:`_Run`), so a save at any moment writes the last completed
+step. Saves are atomic, so a crash keeps the last good file. The state is read
+back with ``weights_only`` (:func:`~attn_course.checkpoints.load_state_file`), so it
+holds tensors and plain values only, checked before the first step, and a planted file
+cannot run code. The NaN guard raises before the update and names the step, so the
+weights stay those of the last good step. A change to what the state holds needs a new
+``STATE_FORMAT``. The loop, ``_Run.train``, reads as its steps: ``_resume_or_start``;
+``_train_and_save``, whose ``_steps`` run ``_one_step`` (``_forward``, ``_backward``,
+``_update`` with ``_log``), ``_show_progress``, ``_maybe_evaluate`` and
+``_maybe_checkpoint`` per step, then ``_final_evaluation``; ``_finish``.
 """
 
 from __future__ import annotations
@@ -300,6 +317,16 @@ def _amp_dtype(device: torch.device) -> torch.dtype:
     return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
 
 
+def _mixed_precision(config: TrainConfig, device: torch.device) -> tuple[torch.dtype | None, Any]:
+    """The autocast dtype (None: full precision) and, for float16 only, a gradient scaler."""
+    use_amp = device.type == "cuda" if config.amp is None else bool(config.amp)
+    if use_amp and device.type != "cuda":
+        raise ValueError(f"mixed precision (amp=True) needs a CUDA device, got {device}")
+    amp_dtype = _amp_dtype(device) if use_amp else None
+    scaler = torch.amp.GradScaler("cuda") if use_amp and amp_dtype == torch.float16 else None
+    return amp_dtype, scaler
+
+
 def fit(
     model: nn.Module,
     sample_batch: Callable[[torch.Generator, int], Batch],
@@ -336,11 +363,7 @@ def fit(
     device = torch.device(device) if device is not None else next(model.parameters()).device
     model.to(device)
     optimizer = optimizer or torch.optim.Adam(model.parameters(), lr=config.lr)
-    use_amp = device.type == "cuda" if config.amp is None else bool(config.amp)
-    if use_amp and device.type != "cuda":
-        raise ValueError(f"mixed precision (amp=True) needs a CUDA device, got {device}")
-    amp_dtype = _amp_dtype(device) if use_amp else None
-    scaler = torch.amp.GradScaler("cuda") if use_amp and amp_dtype == torch.float16 else None
+    amp_dtype, scaler = _mixed_precision(config, device)
     checkpoint_path = Path(checkpoint_path) if checkpoint_path is not None else None
     extra = _plain(dict(extra_state or {}))
 
@@ -348,8 +371,9 @@ def fit(
         if checkpoint_path is not None:
             check_writable(checkpoint_path)
             stack.enter_context(output_lock(checkpoint_path))
-        return _Run(model, optimizer, scheduler, scaler, config, device, amp_dtype, checkpoint_path, extra,
-                    evaluate).train(sample_batch, loss_fn, resume, progress, desc)
+        run = _Run(model, optimizer, scheduler, scaler, config, device, amp_dtype, checkpoint_path, extra,
+                   evaluate, sample_batch, loss_fn)
+        return run.train(resume, progress, desc)
 
 
 class _Run:
@@ -362,10 +386,11 @@ class _Run:
     """
 
     def __init__(self, model, optimizer, scheduler, scaler, config, device, amp_dtype, checkpoint_path, extra,
-                 evaluate):
+                 evaluate, sample_batch, loss_fn):
         self.model, self.optimizer, self.scheduler, self.scaler = model, optimizer, scheduler, scaler
         self.config, self.device, self.amp_dtype = config, device, amp_dtype
         self.checkpoint_path, self.extra, self.evaluate = checkpoint_path, extra, evaluate
+        self.sample_batch, self.loss_fn = sample_batch, loss_fn
         self.generator = make_generator(config.seed)
         torch.manual_seed(config.seed)
         self.history = History()
@@ -446,9 +471,181 @@ class _Run:
             self.saved_step = self.step
         return self.checkpoint_path
 
-    # ----------------------------------------------------------------- loop
+    # ----------------------------------------------------------------- the run
 
-    def evaluation(self) -> dict[str, float]:
+    def train(self, resume: bool, progress: bool, desc: str) -> TrainResult:
+        """Resume or start; the steps and the save under the signal handlers; the result."""
+        self._resume_or_start(resume)
+        start = time.perf_counter()
+        self.model.train()
+        bar = tqdm(total=self.config.steps, initial=self.step, desc=desc, disable=not progress, dynamic_ncols=True)
+        try:
+            with self.stop:
+                saved_at = self._train_and_save(bar)
+        finally:
+            bar.close()
+        return self._finish(saved_at, start)
+
+    def _resume_or_start(self, resume: bool) -> None:
+        """Load the state at checkpoint_path if asked and there, and check that this run's state could be saved."""
+        if self.checkpoint_path is not None and resume and self.checkpoint_path.exists():
+            self.load(_load_training_state(self.checkpoint_path, self.config, self.extra))
+        self._mark()
+        if self.checkpoint_path is not None:
+            self.checked_state_dict()  # before the first step: a state that could not be resumed is no use
+
+    def _train_and_save(self, bar) -> Path | None:
+        """The steps, then the save; when stopped or failed, the save of the last completed step.
+
+        Returns where the state was saved (None: no checkpoint_path). A second signal, a
+        ``KeyboardInterrupt`` raised inside the optimiser update, a failed save and any
+        other error propagate.
+        """
+        try:
+            self._steps(bar)
+            return self.save()
+        except KeyboardInterrupt:
+            if self.updating:  # raised inside the optimiser update (not by a signal): half-changed
+                print(f"interrupted inside the optimiser update of step {self.step + 1}: not saved"
+                      + (f"; {self.checkpoint_path} keeps step {self.saved_step}" if self.saved_step else ""))
+                raise
+            insisted = self.stop.requested is not None  # a second signal: save, then stop at once
+            self.stop.requested = self.stop.requested or signal.SIGINT
+            saved_at = self.save(raise_pending=False)
+            if insisted:
+                self._report_stop(saved_at)
+                raise
+            return saved_at
+        except CheckpointError:
+            raise
+        except Exception as error:
+            self._save_after_error(error)
+            raise
+
+    def _save_after_error(self, error: Exception) -> None:
+        """Save the last completed step if not saved yet, and say so in a note on ``error``."""
+        if not self.updating and self.step != self.saved_step and self.checkpoint_path is not None:
+            try:
+                self.save(raise_pending=False)
+            except Exception:
+                pass
+            else:
+                error.add_note(f"the training state of step {self.step} was saved to {self.checkpoint_path}")
+
+    def _finish(self, saved_at: Path | None, start: float) -> TrainResult:
+        interrupted = self.stop.requested is not None
+        if interrupted:
+            self._report_stop(saved_at)
+        return TrainResult(
+            history=self.history,
+            step=self.step,
+            wall_time=time.perf_counter() - start,
+            interrupted=interrupted,
+            checkpoint=saved_at,
+            final_metrics=dict(self.final_metrics or {}),
+        )
+
+    def _report_stop(self, saved_at: Path | None) -> None:
+        message = f"interrupted at step {self.step} of {self.config.steps}"
+        if saved_at is not None:
+            message += f"; training state saved to {saved_at}: run the same call again to resume"
+        else:
+            message += " (no checkpoint_path: nothing was saved)"
+        print(message)
+
+    # ----------------------------------------------------------------- the steps
+
+    def _steps(self, bar) -> None:
+        """Steps until done or asked to stop, then the final evaluation (not when stopped)."""
+        self._maybe_evaluate()  # owed by the step a stopped run was saved at
+        while self.step < self.config.steps and self.stop.requested is None:
+            self._one_step(self.sample_batch(self.generator, self.config.batch_size))
+            self._show_progress(bar)
+            self._maybe_evaluate()
+            self._maybe_checkpoint()
+        if self.stop.requested is None and self.final_metrics is None:
+            self._final_evaluation(bar)
+
+    def _one_step(self, batch: Batch) -> None:
+        loss, metrics = self._forward(batch)
+        self._backward(loss)
+        self._update(metrics)
+
+    def _forward(self, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
+        """The loss (under autocast with AMP) and the step's metrics as floats; stops at a non-finite loss."""
+        with torch.autocast(device_type=self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
+            loss, metrics = self.loss_fn(self.model, batch)
+        loss_value = _to_float(loss)
+        if not math.isfinite(loss_value):
+            raise NonFiniteLossError(
+                f"the training loss became {loss_value} at step {self.step + 1} (of {self.config.steps}); "
+                "weights from before this step are unchanged. Lower the learning rate, clip gradients "
+                "(clip_grad_norm) or check the inputs of this batch."
+            )
+        return loss, {"loss": loss_value, **{name: _to_float(value) for name, value in metrics.items()}}
+
+    def _backward(self, loss: torch.Tensor) -> None:
+        """The gradients (scaled and unscaled again with a scaler), clipped if asked."""
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.scaler is not None:
+            self.scaler.scale(loss).backward()
+            self.scaler.unscale_(self.optimizer)
+        else:
+            loss.backward()
+        if self.config.clip_grad_norm is not None:
+            nn.utils.clip_grad_norm_(self.model.parameters(), self.config.clip_grad_norm)
+
+    def _update(self, metrics: dict[str, float]) -> None:
+        """Optimiser and scheduler step, step count, log, owed evaluation, mark: one block a signal does not cut."""
+        config = self.config
+        with self.stop.protected():
+            self.updating = True
+            if self.scaler is not None:
+                self.scaler.step(self.optimizer)
+                self.scaler.update()
+            else:
+                self.optimizer.step()
+            if self.scheduler is not None:
+                self.scheduler.step()
+            self.step += 1
+            self._log(metrics)
+            self.eval_owed = bool(config.eval_every and self.step % config.eval_every == 0
+                                  and self.step < config.steps)
+            self._mark()
+            self.updating = False
+
+    def _log(self, metrics: dict[str, float]) -> None:
+        """Add the step's metrics to the window; every log_every steps and at the last, log the window's means."""
+        for name, value in metrics.items():
+            self.window[name] = self.window.get(name, 0.0) + value
+        self.window_count += 1
+        if self.step % self.config.log_every == 0 or self.step == self.config.steps:
+            self.means = {name: total / self.window_count for name, total in self.window.items()}
+            self.history.log(self.step, **self.means)
+            self.window, self.window_count = {}, 0
+
+    def _show_progress(self, bar) -> None:
+        bar.update(1)
+        if self.step % self.config.log_every == 0:
+            bar.set_postfix({k: f"{v:.4g}" for k, v in self.means.items()}, refresh=False)
+
+    def _maybe_evaluate(self) -> None:
+        if self.eval_owed:
+            self._evaluation()
+
+    def _maybe_checkpoint(self) -> None:
+        """Save every checkpoint_every steps but the last (the run saves at its end anyway)."""
+        every = self.config.checkpoint_every
+        if every and self.step % every == 0 and self.step < self.config.steps:
+            self.save()
+
+    def _final_evaluation(self, bar) -> None:
+        self.final_metrics = self._evaluation()
+        if self.final_metrics:
+            bar.set_postfix({f"eval_{k}": f"{v:.4g}" for k, v in self.final_metrics.items()}, refresh=True)
+
+    def _evaluation(self) -> dict[str, float]:
+        """``evaluate(model)`` in eval mode without gradients, logged to the history as ``eval_*``."""
         metrics = {}
         if self.evaluate is not None:
             was_training = self.model.training
@@ -462,126 +659,3 @@ class _Run:
             self.eval_owed = False
             self._mark()
         return metrics
-
-    def one_step(self, sample_batch, loss_fn) -> None:
-        config, optimizer, scaler = self.config, self.optimizer, self.scaler
-        batch = sample_batch(self.generator, config.batch_size)
-        with torch.autocast(device_type=self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
-            loss, metrics = loss_fn(self.model, batch)
-        loss_value = _to_float(loss)
-        if not math.isfinite(loss_value):
-            raise NonFiniteLossError(
-                f"the training loss became {loss_value} at step {self.step + 1} (of {config.steps}); "
-                "weights from before this step are unchanged. Lower the learning rate, clip gradients "
-                "(clip_grad_norm) or check the inputs of this batch."
-            )
-        values = {"loss": loss_value, **{name: _to_float(value) for name, value in metrics.items()}}
-        optimizer.zero_grad(set_to_none=True)
-        if scaler is not None:
-            scaler.scale(loss).backward()
-            scaler.unscale_(optimizer)
-        else:
-            loss.backward()
-        if config.clip_grad_norm is not None:
-            nn.utils.clip_grad_norm_(self.model.parameters(), config.clip_grad_norm)
-        with self.stop.protected():
-            self.updating = True
-            if scaler is not None:
-                scaler.step(optimizer)
-                scaler.update()
-            else:
-                optimizer.step()
-            if self.scheduler is not None:
-                self.scheduler.step()
-            self.step += 1
-            for name, value in values.items():
-                self.window[name] = self.window.get(name, 0.0) + value
-            self.window_count += 1
-            if self.step % config.log_every == 0 or self.step == config.steps:
-                self.means = {name: total / self.window_count for name, total in self.window.items()}
-                self.history.log(self.step, **self.means)
-                self.window, self.window_count = {}, 0
-            self.eval_owed = bool(config.eval_every and self.step % config.eval_every == 0
-                                  and self.step < config.steps)
-            self._mark()
-            self.updating = False
-
-    def train(self, sample_batch, loss_fn, resume: bool, progress: bool, desc: str) -> TrainResult:
-        config = self.config
-        if self.checkpoint_path is not None and resume and self.checkpoint_path.exists():
-            self.load(_load_training_state(self.checkpoint_path, config, self.extra))
-        self._mark()
-        if self.checkpoint_path is not None:
-            self.checked_state_dict()  # before the first step: a state that could not be resumed is no use
-        start = time.perf_counter()
-        saved_at = None
-        self.model.train()
-        bar = tqdm(total=config.steps, initial=self.step, desc=desc, disable=not progress, dynamic_ncols=True)
-        try:
-            with self.stop:
-                try:
-                    self._loop(sample_batch, loss_fn, bar)
-                    saved_at = self.save()
-                except KeyboardInterrupt:
-                    if self.updating:  # raised inside the optimiser update (not by a signal): half-changed
-                        print(f"interrupted inside the optimiser update of step {self.step + 1}: not saved"
-                              + (f"; {self.checkpoint_path} keeps step {self.saved_step}" if self.saved_step else ""))
-                        raise
-                    insisted = self.stop.requested is not None  # a second signal: save, then stop at once
-                    self.stop.requested = self.stop.requested or signal.SIGINT
-                    saved_at = self.save(raise_pending=False)
-                    if insisted:
-                        self._report_stop(saved_at)
-                        raise
-                except CheckpointError:
-                    raise
-                except Exception as error:
-                    if not self.updating and self.step != self.saved_step and self.checkpoint_path is not None:
-                        try:
-                            self.save(raise_pending=False)
-                        except Exception:
-                            pass
-                        else:
-                            error.add_note(f"the training state of step {self.step} was saved to "
-                                           f"{self.checkpoint_path}")
-                    raise
-        finally:
-            bar.close()
-        interrupted = self.stop.requested is not None
-        if interrupted:
-            self._report_stop(saved_at)
-        return TrainResult(
-            history=self.history,
-            step=self.step,
-            wall_time=time.perf_counter() - start,
-            interrupted=interrupted,
-            checkpoint=saved_at,
-            final_metrics=dict(self.final_metrics or {}),
-        )
-
-    def _loop(self, sample_batch, loss_fn, bar) -> None:
-        """Steps until done or asked to stop, then the final evaluation (not when stopped)."""
-        config = self.config
-        if self.eval_owed:
-            self.evaluation()
-        while self.step < config.steps and self.stop.requested is None:
-            self.one_step(sample_batch, loss_fn)
-            bar.update(1)
-            if self.step % config.log_every == 0:
-                bar.set_postfix({k: f"{v:.4g}" for k, v in self.means.items()}, refresh=False)
-            if self.eval_owed:
-                self.evaluation()
-            if config.checkpoint_every and self.step % config.checkpoint_every == 0 and self.step < config.steps:
-                self.save()
-        if self.stop.requested is None and self.final_metrics is None:
-            self.final_metrics = self.evaluation()
-            if self.final_metrics:
-                bar.set_postfix({f"eval_{k}": f"{v:.4g}" for k, v in self.final_metrics.items()}, refresh=True)
-
-    def _report_stop(self, saved_at: Path | None) -> None:
-        message = f"interrupted at step {self.step} of {self.config.steps}"
-        if saved_at is not None:
-            message += f"; training state saved to {saved_at}: run the same call again to resume"
-        else:
-            message += " (no checkpoint_path: nothing was saved)"
-        print(message)

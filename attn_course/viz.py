@@ -204,7 +204,17 @@ def alignment_matrix(ax, weights, row_labels: Sequence[str] | None = None, col_l
 
 
 def plot_history(history, names: Sequence[str] | None = None, figsize=(9, 3)):
-    """Training curves from a :class:`~attn_course.history.History`: one panel per metric."""
+    """Training curves from a :class:`~attn_course.history.History`: one panel per metric.
+
+    ``history`` may also be its ``state_dict()``, such as a model card's ``card["history"]``
+    (downsampled: :func:`attn_course.checkpoints.compact_card`).
+    """
+    from collections.abc import Mapping
+
+    from .history import History
+
+    if isinstance(history, Mapping):
+        history = History.from_state_dict(history)
     names = list(names) if names is not None else [n for n in history.names() if not n.startswith("eval_")]
     if not names:
         raise ValueError("nothing to plot: the history has no metrics")

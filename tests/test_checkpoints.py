@@ -246,3 +246,60 @@ def test_a_shipped_model_loads_and_matches_its_card():
     card = ck.read_card(path, verify=True)
     config, state = ck.load_weights(path, expected_config=card["model_config"])
     assert card["model"] == "conv" and card["task"] == "mnist28" and state
+
+
+# --------------------------------------------------------------------------- compact model cards
+
+
+def test_card_json_has_one_line_per_flat_list_and_reads_back_the_same():
+    card = {"model": "m", "metrics": {"a": 0.5}, "empty": {}, "none": [], "config": {"sizes": [3, 4], "name": "x"},
+            "history": {"loss": {"step": [1, 2, 3], "value": [0.5, 0.25, 0.125]}},
+            "nested": [[1, 2], {"k": "v"}], "text": "é \"quoted\"", 3: None}
+    text = ck.json_text(card)
+    assert json.loads(text) == json.loads(json.dumps(card))
+    lines = text.splitlines()
+    assert '      "step": [1, 2, 3],' in lines and '      "value": [0.5, 0.25, 0.125]' in lines
+    assert '    "sizes": [3, 4],' in lines and '  "metrics": {' in lines and '    "a": 0.5' in lines
+
+
+def toy_history(points):
+    return {"loss": {"step": list(range(10, 10 * points + 1, 10)), "value": [1 / 3 + i for i in range(points)]},
+            "eval_accuracy": {"step": [10 * points], "value": [0.123456789]}}
+
+
+def test_save_pretrained_writes_the_history_downsampled_and_rounded(tmp_path):
+    card = {"model": "linear", "task": "toy", "metrics": {"a": 1 / 3}, "history": toy_history(1000), "seed": 0}
+    _, _, weights, card_path = save_toy(tmp_path, card)
+    written = ck.read_card(weights, verify=True)
+    assert ({k: v for k, v in written.items() if k not in ck.FILE_KEYS and k != "history"}
+            == {k: v for k, v in card.items() if k != "history"})
+    assert written["metrics"] == {"a": 1 / 3}  # only the history is rounded
+    loss = written["history"]["loss"]
+    assert len(loss["step"]) <= ck.CARD_HISTORY_POINTS and loss["step"][0] == 10 and loss["step"][-1] == 10_000
+    assert loss["value"][0] == 0.33333 and all(float(f"{v:.5g}") == v for v in loss["value"])
+    assert written["history"]["eval_accuracy"] == {"step": [10_000], "value": [0.12346]}
+    assert len(card["history"]["loss"]["step"]) == 1000  # the caller's card is not changed
+    text = card_path.read_text()
+    assert text == ck.json_text(written) + "\n" and len(text.splitlines()) < 40
+    assert ck.compact_card(written) == written  # compacted already: unchanged
+
+
+def test_compact_card_keeps_a_short_or_foreign_history_as_it_is():
+    short = {"model": "m", "history": {"loss": {"step": [1, 2], "value": [0.5, 0.25]}}}
+    assert ck.compact_card(short) == short
+    for odd in ({"loss": [1, 2, 3]}, [1, 2], {"loss": {"step": [1, 2], "value": [0.5]}}, "none"):
+        assert ck.compact_card({"model": "m", "history": odd}) == {"model": "m", "history": odd}
+    assert ck.compact_card({"model": "m"}) == {"model": "m"}
+
+
+def test_shipped_cards_are_compact():
+    """Each card keeps a plot's worth of its training curves, not the whole log (which took 1.4 MB)."""
+    from attn_course.history import History
+
+    for path in sorted(ck.PRETRAINED_DIR.glob("*.json")):
+        card = ck.read_card(path)
+        assert ck.compact_card(card) == card, f"{path.name}: history not compacted"
+        assert path.read_text(encoding="utf-8") == ck.json_text(card) + "\n", f"{path.name}: not written by json_text"
+        assert path.stat().st_size < 16_000, f"{path.name} is {path.stat().st_size} bytes"
+        history = History.from_state_dict(card["history"])
+        assert history.names() and all(history.series(name)[0][-1] <= card["steps"] for name in history.names())

@@ -87,6 +87,7 @@ def test_train_passes_variant_and_batch_size_to_the_recipe(monkeypatch, tmp_path
             raise ValueError("recorded")
 
     monkeypatch.setattr(registry, "get_spec", lambda name: Recorder)
+    monkeypatch.setattr(registry, "train_model", lambda spec, task, **options: spec.train(task, **options))
     out = str(tmp_path / "x.pt")
     assert main(["train", "fc", "--variant", "translated60", "--batch-size", "512", "--out", out]) == 2
     assert seen["task"] == "translated60" and seen["batch_size"] == 512
@@ -95,7 +96,7 @@ def test_train_passes_variant_and_batch_size_to_the_recipe(monkeypatch, tmp_path
                                    "model_config": spec.model_config("translated60")}
     seen.clear()
     assert main(["train", "fc", "--task", "mnist28", "--out", out]) == 2
-    assert seen["task"] == "mnist28" and "batch_size" not in seen  # the recipe's own default
+    assert seen["task"] == "mnist28" and seen["batch_size"] is None  # the recipe's own default
 
 
 def test_no_attention_flag_selects_the_noattn_variant(monkeypatch, tmp_path, capsys):
@@ -114,6 +115,7 @@ def test_no_attention_flag_selects_the_noattn_variant(monkeypatch, tmp_path, cap
             raise ValueError("recorded")
 
     monkeypatch.setattr(registry, "get_spec", lambda name: Recorder)
+    monkeypatch.setattr(registry, "train_model", lambda spec, task, **options: spec.train(task, **options))
     out = str(tmp_path / "x.pt")
     assert main(["train", "r2am", "--variant", "recurrent", "--no-attention", "--out", out]) == 2
     assert seen["task"] == "recurrent-noattn"
@@ -197,6 +199,7 @@ def fake_spec(monkeypatch, train=None, evaluate=None):
         evaluate = staticmethod(fake_evaluate or spec.evaluate)
 
     monkeypatch.setattr(registry, "get_spec", lambda name: Fake)
+    monkeypatch.setattr(registry, "train_model", lambda spec, task, **options: spec.train(task, **options))
     return calls
 
 

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from attn_course.checkpoints import PRETRAINED_DIR, available_pretrained, read_card, sha256_of
-from attn_course.registry import get_spec, load_pretrained
+from attn_course.registry import all_specs, get_spec, load_pretrained
 from mnist_files import needs_mnist
 
 SHIPPED = available_pretrained()
@@ -24,6 +24,24 @@ def test_card_is_complete_and_file_is_small(name):
     assert card["sha256"] == sha256_of(path), f"{name}.pt changed since its card was written"
     assert card["command"].startswith("python -m attn_course train ")
     assert path.stat().st_size < 8 * 2**20
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_card_meets_its_models_target(name):
+    card = read_card(PRETRAINED_DIR / f"{name}.pt")
+    spec = get_spec(card["model"])
+    assert card["task"] in spec.targets, (
+        f"{name} is shipped, but {spec.name!r} declares no Target for task {card['task']!r} "
+        "(in its experiments module): say what it must reach, or that it is a comparison")
+    problem = spec.targets[card["task"]].check(card["metrics"])
+    assert problem is None, f"{name}: {problem}"
+    assert card["model_config"] == spec.model_config(card["task"]), f"{name} was trained with another configuration"
+
+
+def test_every_target_has_its_shipped_checkpoint():
+    targets = {f"{spec.name}-{task}" for spec in all_specs() for task in spec.targets}
+    assert targets == set(SHIPPED), (f"targets without a checkpoint: {sorted(targets - set(SHIPPED))}; "
+                                     f"checkpoints without a target: {sorted(set(SHIPPED) - targets)}")
 
 
 @pytest.mark.slow

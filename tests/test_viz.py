@@ -53,6 +53,23 @@ def test_heatmap_alignment_and_history():
     plt.close(fig)
 
 
+def test_plot_history_draws_a_shipped_cards_curves():
+    """A model card keeps its history downsampled, as a History's state dict: plot_history takes it as it is."""
+    from attn_course.checkpoints import PRETRAINED_DIR, read_card
+
+    card = read_card(PRETRAINED_DIR / "ram-cluttered60.pt")
+    fig, axes = viz.plot_history(card["history"])
+    assert [ax.get_title() for ax in axes.flat] == ["loss", "accuracy", "reward_baseline_gap"]
+    steps, values = card["history"]["accuracy"]["step"], card["history"]["accuracy"]["value"]
+    line = axes.flat[1].lines[0]
+    assert list(line.get_xdata()) == steps and list(line.get_ydata()) == values and steps[-1] == card["steps"]
+    plt.close(fig)
+    card = read_card(PRETRAINED_DIR / "conv-mnist28.pt")
+    fig, axes = viz.plot_history(card["history"], ["accuracy"])
+    assert len(axes.flat[0].lines) == 2  # training curve and the held-out evaluation
+    plt.close(fig)
+
+
 def test_animation_is_self_contained_html():
     drawn = []
 

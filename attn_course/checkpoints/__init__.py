@@ -7,8 +7,9 @@ Two kinds of file:
 * a *pretrained model*: ``<model>-<task>.pt`` holding ``{"model_config", "state_dict"}``
   only, and beside it ``<model>-<task>.json``, its model card: the model config, the
   data, the metric values, steps, wall time, hardware, seed and the exact command that
-  produced it, with the SHA-256 and size of the weights file. The shipped ones live in
-  this folder, inside the package.
+  produced it, with the SHA-256 and size of the weights file, and the training curves
+  (``history``) downsampled to about a hundred points per metric (:func:`compact_card`).
+  The shipped ones live in this folder, inside the package.
 
 Every file is read with ``torch.load(..., weights_only=True)``, so a file planted in
 place of one of ours cannot run code. Every write goes to a temporary file in the same
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import re
 import tempfile
@@ -31,6 +33,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
+from ..history import History
 
 try:
     import fcntl
@@ -116,9 +120,31 @@ def atomic_torch_save(obj: Any, path: str | Path) -> Path:
     return _atomic_write(path, lambda f: torch.save(obj, f))
 
 
+def json_text(obj: Any, indent: int = 2) -> str:
+    """``obj`` as indented JSON, but a list of numbers, text, booleans or nulls on one line.
+
+    ``json.loads`` reads it back to what ``json.dumps(obj, indent=indent)`` would have
+    written; a training curve of a hundred points takes one line per list instead of one
+    per number.
+    """
+    def text(value: Any, depth: int) -> str:
+        if isinstance(value, Mapping) and value:
+            inner = " " * (indent * (depth + 1))
+            items = [f"{inner}{json.dumps(key if isinstance(key, str) else json.dumps(key))}: {text(item, depth + 1)}"
+                     for key, item in value.items()]
+            return "{\n" + ",\n".join(items) + "\n" + " " * (indent * depth) + "}"
+        if isinstance(value, (list, tuple)) and any(isinstance(item, (Mapping, list, tuple)) for item in value):
+            inner = " " * (indent * (depth + 1))
+            items = [inner + text(item, depth + 1) for item in value]
+            return "[\n" + ",\n".join(items) + "\n" + " " * (indent * depth) + "]"
+        return json.dumps(value)  # a scalar, an empty container, or a flat list on one line
+
+    return text(obj, 0)
+
+
 def atomic_write_json(obj: Any, path: str | Path) -> Path:
-    """Write ``obj`` as indented JSON, atomically."""
-    data = (json.dumps(obj, indent=2, sort_keys=False) + "\n").encode()
+    """Write ``obj`` as indented JSON with flat lists on one line (:func:`json_text`), atomically."""
+    data = (json_text(obj) + "\n").encode()
     return _atomic_write(path, lambda f: f.write(data))
 
 
@@ -290,6 +316,9 @@ def pretrained_name(model: str, task: str) -> str:
 
 
 WEIGHT_DTYPES = {"float32": torch.float32, "float16": torch.float16}
+# A card keeps its training curves downsampled (History.downsampled) and rounded: a plot's worth, not the log.
+CARD_HISTORY_POINTS = 100
+CARD_HISTORY_DIGITS = 5
 # The card keys that describe the file rather than the training run; save_pretrained writes them.
 FILE_KEYS = ("format", "model_config", "weights_dtype", "file", "sha256", "size_bytes")
 
@@ -301,7 +330,8 @@ def save_pretrained(
     """Save weights to ``path`` (``.pt``) and the model card beside it (``.json``).
 
     The weights are stored on the CPU in ``weights_dtype`` (float32, or float16 for half the
-    size; loading casts them back to the model's float32); the card gains the file's SHA-256.
+    size; loading casts them back to the model's float32); the card gains the file's SHA-256,
+    and its ``history``, if any, is downsampled and rounded (:func:`compact_card`).
     """
     path = Path(path)
     if path.suffix != ".pt":
@@ -312,13 +342,45 @@ def save_pretrained(
     state = {k: v.detach().to("cpu", dtype=dtype if v.is_floating_point() else v.dtype).clone()
              for k, v in model.state_dict().items()}
     atomic_torch_save({"model_config": dict(model_config), "state_dict": state}, path)
-    full_card = {"format": CARD_FORMAT, **dict(card), "model_config": dict(model_config),
+    full_card = {"format": CARD_FORMAT, **compact_card(card), "model_config": dict(model_config),
                  "weights_dtype": weights_dtype}
     full_card["file"] = path.name
     full_card["sha256"] = sha256_of(path)
     full_card["size_bytes"] = path.stat().st_size
     card_path = atomic_write_json(full_card, path.with_suffix(".json"))
     return path, card_path
+
+
+def _is_history_state(obj: Any) -> bool:
+    """Whether ``obj`` is a ``History.state_dict()``: per metric, lists ``step`` and ``value`` of equal length."""
+    return isinstance(obj, Mapping) and all(
+        isinstance(series, Mapping) and isinstance(series.get("step"), list) and isinstance(series.get("value"), list)
+        and len(series["step"]) == len(series["value"])
+        and all(isinstance(step, int) and not isinstance(step, bool) for step in series["step"])
+        and all(isinstance(value, (int, float)) and not isinstance(value, bool) for value in series["value"])
+        for series in obj.values())
+
+
+def _significant(value: float, digits: int) -> float:
+    return float(f"{value:.{digits}g}") if math.isfinite(value) else float(value)
+
+
+def compact_card(card: Mapping[str, Any], max_points: int = CARD_HISTORY_POINTS,
+                 digits: int = CARD_HISTORY_DIGITS) -> dict[str, Any]:
+    """The card with its ``history`` downsampled to ``max_points`` per metric and rounded to ``digits``
+    significant digits; every other key as it is (a copy, in the same order).
+
+    The history stays a ``History.state_dict()`` (``History.from_state_dict(card["history"])``
+    and :func:`attn_course.viz.plot_history` read it); see :meth:`History.downsampled` for
+    how the curves are coarsened. A card compacted already comes back unchanged, and so does
+    a ``history`` of another shape. :func:`save_pretrained` writes every card through this.
+    """
+    out = dict(card)
+    if "history" in out and _is_history_state(out["history"]):
+        state = History.from_state_dict(out["history"]).downsampled(max_points).state_dict()
+        out["history"] = {name: {"step": series["step"], "value": [_significant(v, digits) for v in series["value"]]}
+                          for name, series in state.items()}
+    return out
 
 
 _CARD_REQUIRED = {"model": (str, "text"), "task": (str, "text"), "metrics": (dict, "an object")}

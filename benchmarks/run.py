@@ -90,7 +90,7 @@ def main():
         x = torch.zeros(len(big), device=device)
         t = timed(lambda: glimpse(big, x, x, 0.5, 0.3, 12), repeat=50, device=device)
         rows.append(("glimpse 12x12 rotated, batch 128", t, f"{len(big) / t:,.0f} glimpses/s"))
-        from attn_course.widgets import glimpse_figure
+        from attn_course.widgets.glimpse import glimpse_figure
         import matplotlib.pyplot as plt
 
         image = images[0].float() / 255

@@ -10,7 +10,8 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 from attn_course.attention import glimpse  # noqa: E402
-from attn_course.widgets import glimpse_explorer, glimpse_figure, interactive_figure  # noqa: E402
+from attn_course.widgets import interactive_figure  # noqa: E402
+from attn_course.widgets.glimpse import glimpse_explorer, glimpse_figure  # noqa: E402
 
 
 def digit():
@@ -55,7 +56,7 @@ def test_interactive_figure_needs_controls_and_checks_images():
 
 
 def test_sensor_figure_and_explorer():
-    from attn_course.widgets import sensor_explorer, sensor_figure
+    from attn_course.widgets.ram import sensor_explorer, sensor_figure
 
     image = torch.rand(60, 60)
     fig = sensor_figure(image, 0.0, 0.0, glimpse_size=12, num_scales=3)
@@ -68,7 +69,7 @@ def test_sensor_figure_and_explorer():
 
 
 def test_policy_figure_spread_follows_sigma():
-    from attn_course.widgets import policy_explorer, policy_figure
+    from attn_course.widgets.ram import policy_explorer, policy_figure
 
     narrow = policy_figure(0.05).axes[0].collections[0].get_offsets()
     wide = policy_figure(0.4).axes[0].collections[0].get_offsets()
@@ -81,7 +82,7 @@ def test_policy_figure_spread_follows_sigma():
 
 
 def test_trajectory_figure_and_explorer():
-    from attn_course.widgets import trajectory_explorer, trajectory_figure
+    from attn_course.widgets.ram import trajectory_explorer, trajectory_figure
 
     pixels = torch.tensor([[29.5, 29.5], [10.0, 12.0], [15.0, 14.0]])
     probabilities = torch.softmax(torch.randn(3, 10), -1)
@@ -108,7 +109,7 @@ def test_trajectory_figure_and_explorer():
 
 
 def test_filterbank_figure_reads_and_writes_back():
-    from attn_course.widgets import filterbank_explorer, filterbank_figure
+    from attn_course.widgets.draw import filterbank_explorer, filterbank_figure
 
     image = torch.zeros(20, 28)  # non-square: B = 20 rows, A = 28 columns
     image[5:15, 10:14] = 1.0
@@ -128,7 +129,7 @@ def test_filterbank_figure_reads_and_writes_back():
 
 def test_generation_figure_and_stepper():
     from attn_course.draw import DRAW, DRAWConfig
-    from attn_course.widgets import generation_figure, generation_stepper
+    from attn_course.widgets.draw import generation_figure, generation_stepper
 
     canvases = torch.rand(4, 28, 28)
     windows = torch.tensor([[14.5, 14.5, 2.0, 1.0, 1.0]]).repeat(4, 1)
@@ -159,7 +160,7 @@ def _small_transformer():
 
 
 def test_transformer_attention_figure_shows_the_chosen_matrix():
-    from attn_course.widgets import attention_grid_figure, transformer_attention_figure
+    from attn_course.widgets.transformer import attention_grid_figure, transformer_attention_figure
 
     maps = {"encoder": torch.softmax(torch.randn(2, 3, 5, 5), -1), "decoder": torch.softmax(torch.randn(1, 3, 4, 4), -1),
             "cross": torch.softmax(torch.randn(1, 3, 4, 5), -1)}
@@ -177,7 +178,7 @@ def test_transformer_attention_figure_shows_the_chosen_matrix():
 
 @pytest.mark.slow
 def test_date_explorer_follows_the_text_and_the_controls():
-    from attn_course.widgets import date_attention_figure, date_explorer
+    from attn_course.widgets.transformer import date_attention_figure, date_explorer
 
     model = _small_transformer()
     fig = date_attention_figure(model, "3 May 1999", "encoder", 1, 0)
@@ -196,7 +197,7 @@ def test_date_explorer_follows_the_text_and_the_controls():
 
 
 def test_positional_encoding_figure_and_explorer():
-    from attn_course.widgets import positional_encoding_explorer, positional_encoding_figure
+    from attn_course.widgets.transformer import positional_encoding_explorer, positional_encoding_figure
 
     fig = positional_encoding_figure(d_model=32, position=4, offset=3, max_len=40)
     assert fig.axes[0].images[0].get_array().shape == (40, 32)
@@ -211,7 +212,7 @@ def test_positional_encoding_figure_and_explorer():
 @pytest.mark.slow
 def test_softmax_scaling_figure_and_explorer():
     from attn_course.transformer import softmax_statistics
-    from attn_course.widgets import softmax_scaling_explorer, softmax_scaling_figure
+    from attn_course.widgets.transformer import softmax_scaling_explorer, softmax_scaling_figure
 
     fig = softmax_scaling_figure(d_k=256)
     scaled = [p.get_height() for p in fig.axes[0].patches[:16]]
@@ -226,9 +227,9 @@ def test_softmax_scaling_figure_and_explorer():
 
 @pytest.mark.slow
 def test_caption_widgets_follow_the_model_and_the_controls():
-    from attn_course.data.scenes import ShapeScenes
-    from attn_course.show_attend_tell import SATConfig, ShowAttendTell
-    from attn_course.widgets import caption_attention_figure, caption_with_attention, compose_scene, scene_explorer
+    from attn_course.data.scenes import ShapeScenes, compose_scene
+    from attn_course.show_attend_tell import SATConfig, ShowAttendTell, caption_with_attention
+    from attn_course.widgets.show_attend_tell import caption_attention_figure, scene_explorer
 
     torch.manual_seed(0)
     models = {"soft": ShowAttendTell(SATConfig(attention="soft")).eval(),
@@ -263,8 +264,9 @@ def test_caption_widgets_follow_the_model_and_the_controls():
 
 
 def test_text_line_explorer_reads_and_reports_bad_strings():
+    from attn_course.data.text_lines import render_line
     from attn_course.r2am import R2AM, R2AMConfig
-    from attn_course.widgets import receptive_field_figure, render_line, text_line_explorer
+    from attn_course.widgets.r2am import receptive_field_figure, text_line_explorer
 
     torch.manual_seed(0)
     model = R2AM(R2AMConfig(c1=8, c2=8, D=16, m=8, n=16, att_hidden=8)).eval()
@@ -297,7 +299,14 @@ def _tiny_reader():
 def _bad_widget_calls():
     import matplotlib.pyplot as plt
 
-    from attn_course import widgets as w
+    from attn_course import r2am, show_attend_tell, widgets
+    from attn_course.data import scenes, text_lines
+    from attn_course.widgets import draw as draw_w
+    from attn_course.widgets import glimpse as glimpse_w
+    from attn_course.widgets import r2am as r2am_w
+    from attn_course.widgets import ram as ram_w
+    from attn_course.widgets import show_attend_tell as sat_w
+    from attn_course.widgets import transformer as transformer_w
 
     image, images = torch.rand(28, 28), torch.rand(2, 28, 28)
     maps = {"cross": torch.rand(1, 2, 3, 4)}
@@ -306,69 +315,71 @@ def _bad_widget_calls():
            "probabilities": torch.rand(2, 3, 10), "glimpse_size": 8, "num_scales": 1}
     ax = lambda: plt.subplots()[1]  # noqa: E731
     return [
-        (TypeError, "fn", lambda: w.interactive_figure(None, x=None)),
-        (ValueError, "size", lambda: w.glimpse_explorer(images, size=0)),
-        (ValueError, "num_scales", lambda: w.sensor_figure(image, 0.0, 0.0, 8, num_scales=0)),
-        (ValueError, "glimpse_size", lambda: w.sensor_figure(image, 0.0, 0.0, glimpse_size=0)),
-        (ValueError, "x must", lambda: w.sensor_figure(image, 1.5, 0.0)),
-        (ValueError, "glimpse_size", lambda: w.sensor_explorer(images, glimpse_size=40)),
-        (ValueError, "num_scales", lambda: w.sensor_explorer(images, num_scales=0)),
-        (ValueError, "std", lambda: w.policy_figure(float("inf"))),
-        (ValueError, "mu", lambda: w.policy_figure(0.1, mu=(0.1,))),
-        (ValueError, "num_samples", lambda: w.policy_figure(0.1, num_samples=0)),
-        (ValueError, "label", lambda: w.trajectory_figure(image, torch.rand(3, 2), torch.rand(3, 10), 0, 8, 1, 10)),
-        (ValueError, "num_scales", lambda: w.trajectory_figure(image, torch.rand(3, 2), torch.rand(3, 10), 0, 8, 0)),
-        (ValueError, "run 'a'", lambda: w.trajectory_explorer({"a": {**run, "labels": torch.tensor([1])}})),
-        (ValueError, "N must", lambda: w.draw_window(ax(), [14.0, 14.0, 2.0, 1.0, 1.0], 0)),
-        (ValueError, "window", lambda: w.draw_window(ax(), [14.0, 14.0, 2.0, -1.0, 1.0], 5)),
-        (ValueError, "sigma2", lambda: w.filterbank_figure(image, 14.0, 14.0, 2.0, 0.0)),
-        (ValueError, "delta", lambda: w.filterbank_figure(image, 14.0, 14.0, float("nan"), 1.0)),
-        (ValueError, "g_X", lambda: w.filterbank_figure(image, float("inf"), 14.0, 2.0, 1.0)),
-        (ValueError, "N must", lambda: w.filterbank_figure(image, 14.0, 14.0, 2.0, 1.0, N=1)),
-        (ValueError, "N must", lambda: w.filterbank_explorer(images, N=20)),
-        (ValueError, "windows", lambda: w.generation_figure(torch.rand(4, 28, 28), 0, windows=torch.rand(3, 5))),
-        (ValueError, "initial", lambda: w.generation_figure(torch.rand(4, 28, 28), 0, initial=torch.rand(5, 5))),
-        (TypeError, "model", lambda: w.generation_stepper(object())),
-        (ValueError, "kind", lambda: w.attention_grid_figure(maps, "ab", "abc", kind="self")),
-        (ValueError, "maps", lambda: w.attention_grid_figure(maps, "ab", "abc", kind="encoder")),
-        (ValueError, "layer", lambda: w.transformer_attention_figure(maps, "ab", "abc", layer=5)),
-        (ValueError, "head", lambda: w.transformer_attention_figure(maps, "ab", "abc", head=2)),
-        (TypeError, "model", lambda: w.date_explorer(object())),
-        (ValueError, "d_model", lambda: w.positional_encoding_figure(d_model=7)),
-        (ValueError, "max_len", lambda: w.positional_encoding_figure(max_len=0)),
-        (ValueError, "position", lambda: w.positional_encoding_figure(position=64)),
-        (ValueError, "max_len", lambda: w.positional_encoding_explorer(max_len=1)),
-        (ValueError, "d_k", lambda: w.softmax_scaling_figure(d_k=0)),
-        (ValueError, "temperature", lambda: w.softmax_scaling_figure(temperature=0.0)),
-        (ValueError, "num_keys", lambda: w.softmax_scaling_figure(num_keys=0)),
-        (TypeError, "model", lambda: w.caption_with_attention(object(), torch.rand(1, 3, 64, 64))),
-        (ValueError, "alpha", lambda: w.draw_word_attention(ax(), torch.rand(3, 64, 64), "a", torch.rand(5))),
-        (ValueError, "mode", lambda: w.draw_word_attention(ax(), torch.rand(3, 64, 64), "a", torch.rand(4), mode="x")),
-        (ValueError, "s must", lambda: w.draw_word_attention(ax(), torch.rand(3, 64, 64), "a", torch.rand(4), s=4,
-                                                             mode="hard")),
-        (ValueError, "mode", lambda: w.caption_attention_figure(torch.rand(3, 64, 64), result, mode="medium")),
-        (ValueError, "ncols", lambda: w.caption_attention_figure(torch.rand(3, 64, 64), result, ncols=0)),
-        (ValueError, "result", lambda: w.caption_attention_figure(torch.rand(3, 64, 64), {"words": ["a"]})),
-        (ValueError, r"objects\[0\]", lambda: w.compose_scene([("small", "red", "circle", 10)])),
-        (ValueError, "colour 'purple'.*red", lambda: w.compose_scene([("small", "purple", "circle", 10, 10)])),
-        (ValueError, "image_size", lambda: w.compose_scene([("small", "red", "circle", 5, 5)], image_size=8)),
-        (ValueError, "models", lambda: w.scene_explorer({}, torch.rand(2, 3, 64, 64))),
-        (ValueError, "font 'Comic'.*DejaVu Sans", lambda: w.render_line("abc", font="Comic")),
-        (ValueError, "noise", lambda: w.render_line("abc", noise=-0.1)),
-        (ValueError, "blur", lambda: w.render_line("abc", blur=float("nan"))),
-        (ValueError, "rotation", lambda: w.render_line("abc", rotation=float("inf"))),
-        (ValueError, r"image must be one text line .*\(1, 64, 50\)", lambda: w.read_line(_tiny_reader(),
-                                                                                       torch.zeros(1, 64, 50))),
-        (ValueError, "polarity", lambda: w.read_line(_tiny_reader(), torch.zeros(32, 100), polarity="inverted")),
-        (ValueError, "images must lie in", lambda: w.read_line(_tiny_reader(), torch.full((32, 100), 255.0))),
-        (TypeError, "model", lambda: w.read_line(object(), torch.zeros(32, 100))),
-        (ValueError, "image must be one text line", lambda: w.reading_figure(torch.zeros(64, 50),
-                                                                             {"text": "", "alpha": torch.rand(1, 25)})),
-        (ValueError, "result", lambda: w.reading_figure(torch.zeros(32, 100), {"text": ""})),
-        (ValueError, "models", lambda: w.text_line_explorer({})),
-        (ValueError, "column", lambda: w.receptive_field_figure(column=99)),
-        (ValueError, "column", lambda: w.receptive_field_figure(column=-1)),
-        (ValueError, "T must", lambda: w.receptive_field_figure(T=-1)),
+        (TypeError, "fn", lambda: widgets.interactive_figure(None, x=None)),
+        (ValueError, "size", lambda: glimpse_w.glimpse_explorer(images, size=0)),
+        (ValueError, "num_scales", lambda: ram_w.sensor_figure(image, 0.0, 0.0, 8, num_scales=0)),
+        (ValueError, "glimpse_size", lambda: ram_w.sensor_figure(image, 0.0, 0.0, glimpse_size=0)),
+        (ValueError, "x must", lambda: ram_w.sensor_figure(image, 1.5, 0.0)),
+        (ValueError, "glimpse_size", lambda: ram_w.sensor_explorer(images, glimpse_size=40)),
+        (ValueError, "num_scales", lambda: ram_w.sensor_explorer(images, num_scales=0)),
+        (ValueError, "std", lambda: ram_w.policy_figure(float("inf"))),
+        (ValueError, "mu", lambda: ram_w.policy_figure(0.1, mu=(0.1,))),
+        (ValueError, "num_samples", lambda: ram_w.policy_figure(0.1, num_samples=0)),
+        (ValueError, "label", lambda: ram_w.trajectory_figure(image, torch.rand(3, 2), torch.rand(3, 10), 0, 8, 1, 10)),
+        (ValueError, "num_scales", lambda: ram_w.trajectory_figure(image, torch.rand(3, 2), torch.rand(3, 10), 0, 8,
+                                                                   0)),
+        (ValueError, "run 'a'", lambda: ram_w.trajectory_explorer({"a": {**run, "labels": torch.tensor([1])}})),
+        (ValueError, "N must", lambda: draw_w.draw_window(ax(), [14.0, 14.0, 2.0, 1.0, 1.0], 0)),
+        (ValueError, "window", lambda: draw_w.draw_window(ax(), [14.0, 14.0, 2.0, -1.0, 1.0], 5)),
+        (ValueError, "sigma2", lambda: draw_w.filterbank_figure(image, 14.0, 14.0, 2.0, 0.0)),
+        (ValueError, "delta", lambda: draw_w.filterbank_figure(image, 14.0, 14.0, float("nan"), 1.0)),
+        (ValueError, "g_X", lambda: draw_w.filterbank_figure(image, float("inf"), 14.0, 2.0, 1.0)),
+        (ValueError, "N must", lambda: draw_w.filterbank_figure(image, 14.0, 14.0, 2.0, 1.0, N=1)),
+        (ValueError, "N must", lambda: draw_w.filterbank_explorer(images, N=20)),
+        (ValueError, "windows", lambda: draw_w.generation_figure(torch.rand(4, 28, 28), 0, windows=torch.rand(3, 5))),
+        (ValueError, "initial", lambda: draw_w.generation_figure(torch.rand(4, 28, 28), 0, initial=torch.rand(5, 5))),
+        (TypeError, "model", lambda: draw_w.generation_stepper(object())),
+        (ValueError, "kind", lambda: transformer_w.attention_grid_figure(maps, "ab", "abc", kind="self")),
+        (ValueError, "maps", lambda: transformer_w.attention_grid_figure(maps, "ab", "abc", kind="encoder")),
+        (ValueError, "layer", lambda: transformer_w.transformer_attention_figure(maps, "ab", "abc", layer=5)),
+        (ValueError, "head", lambda: transformer_w.transformer_attention_figure(maps, "ab", "abc", head=2)),
+        (TypeError, "model", lambda: transformer_w.date_explorer(object())),
+        (ValueError, "d_model", lambda: transformer_w.positional_encoding_figure(d_model=7)),
+        (ValueError, "max_len", lambda: transformer_w.positional_encoding_figure(max_len=0)),
+        (ValueError, "position", lambda: transformer_w.positional_encoding_figure(position=64)),
+        (ValueError, "max_len", lambda: transformer_w.positional_encoding_explorer(max_len=1)),
+        (ValueError, "d_k", lambda: transformer_w.softmax_scaling_figure(d_k=0)),
+        (ValueError, "temperature", lambda: transformer_w.softmax_scaling_figure(temperature=0.0)),
+        (ValueError, "num_keys", lambda: transformer_w.softmax_scaling_figure(num_keys=0)),
+        (TypeError, "model", lambda: show_attend_tell.caption_with_attention(object(), torch.rand(1, 3, 64, 64))),
+        (ValueError, "alpha", lambda: sat_w.draw_word_attention(ax(), torch.rand(3, 64, 64), "a", torch.rand(5))),
+        (ValueError, "mode", lambda: sat_w.draw_word_attention(ax(), torch.rand(3, 64, 64), "a", torch.rand(4),
+                                                               mode="x")),
+        (ValueError, "s must", lambda: sat_w.draw_word_attention(ax(), torch.rand(3, 64, 64), "a", torch.rand(4), s=4,
+                                                                 mode="hard")),
+        (ValueError, "mode", lambda: sat_w.caption_attention_figure(torch.rand(3, 64, 64), result, mode="medium")),
+        (ValueError, "ncols", lambda: sat_w.caption_attention_figure(torch.rand(3, 64, 64), result, ncols=0)),
+        (ValueError, "result", lambda: sat_w.caption_attention_figure(torch.rand(3, 64, 64), {"words": ["a"]})),
+        (ValueError, r"objects\[0\]", lambda: scenes.compose_scene([("small", "red", "circle", 10)])),
+        (ValueError, "colour 'purple'.*red", lambda: scenes.compose_scene([("small", "purple", "circle", 10, 10)])),
+        (ValueError, "image_size", lambda: scenes.compose_scene([("small", "red", "circle", 5, 5)], image_size=8)),
+        (ValueError, "models", lambda: sat_w.scene_explorer({}, torch.rand(2, 3, 64, 64))),
+        (ValueError, "font 'Comic'.*DejaVu Sans", lambda: text_lines.render_line("abc", font="Comic")),
+        (ValueError, "noise", lambda: text_lines.render_line("abc", noise=-0.1)),
+        (ValueError, "blur", lambda: text_lines.render_line("abc", blur=float("nan"))),
+        (ValueError, "rotation", lambda: text_lines.render_line("abc", rotation=float("inf"))),
+        (ValueError, r"image must be one text line .*\(1, 64, 50\)", lambda: r2am.read_line(_tiny_reader(),
+                                                                                            torch.zeros(1, 64, 50))),
+        (ValueError, "polarity", lambda: r2am.read_line(_tiny_reader(), torch.zeros(32, 100), polarity="inverted")),
+        (ValueError, "images must lie in", lambda: r2am.read_line(_tiny_reader(), torch.full((32, 100), 255.0))),
+        (TypeError, "model", lambda: r2am.read_line(object(), torch.zeros(32, 100))),
+        (ValueError, "image must be one text line",
+         lambda: r2am_w.reading_figure(torch.zeros(64, 50), {"text": "", "alpha": torch.rand(1, 25)})),
+        (ValueError, "result", lambda: r2am_w.reading_figure(torch.zeros(32, 100), {"text": ""})),
+        (ValueError, "models", lambda: r2am_w.text_line_explorer({})),
+        (ValueError, "column", lambda: r2am_w.receptive_field_figure(column=99)),
+        (ValueError, "column", lambda: r2am_w.receptive_field_figure(column=-1)),
+        (ValueError, "T must", lambda: r2am_w.receptive_field_figure(T=-1)),
     ]
 
 

@@ -436,6 +436,30 @@ def render(layout: Layout, image_size: int = 64, device=None, specks: torch.Tens
     return images, masks
 
 
+def compose_scene(objects: list[tuple[str, str, str, int, int]], image_size: int = 64) -> torch.Tensor:
+    """An image (3, S, S) with up to three objects given as (size, colour, shape, column, row) of their centres."""
+    if image_size < 24:
+        raise ValueError(f"image_size must be at least 24 pixels, got {image_size}")
+    if not 1 <= len(objects) <= MAX_OBJECTS:
+        raise ValueError(f"a scene holds 1 to {MAX_OBJECTS} objects, got {len(objects)}")
+    columns = {name: [-1] * MAX_OBJECTS for name in ("shape", "colour", "size", "x", "y")}
+    for k, spec in enumerate(objects):
+        if len(spec) != 5:
+            raise ValueError(f"objects[{k}] must be (size, colour, shape, column, row), got {spec!r}")
+        size, colour, shape, x, y = spec
+        for name, value, choices in (("size", size, SIZES), ("colour", colour, COLOURS), ("shape", shape, SHAPES)):
+            if value not in choices:
+                raise ValueError(f"unknown {name} {value!r}; choose one of: {', '.join(choices)}")
+            columns[name][k] = choices.index(value)
+        if not (0 <= x < image_size and 0 <= y < image_size):
+            raise ValueError(f"object centres must lie inside the {image_size} x {image_size} image, got ({x}, {y})")
+        columns["x"][k], columns["y"][k] = int(x), int(y)
+    layout = Layout(torch.tensor([len(objects)]), *(torch.tensor([columns[n]]) for n in ("shape", "colour", "size",
+                                                                                         "x", "y")))
+    images, _ = render(layout, image_size)
+    return images[0]
+
+
 # --------------------------------------------------------------------------- E. the data set and its splits
 
 

@@ -34,7 +34,7 @@ import math
 import os
 import zlib
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from functools import lru_cache
 from pathlib import Path
 
@@ -405,6 +405,24 @@ def render(texts: Sequence[str], fonts: torch.Tensor, generator: torch.Generator
     noise = u(style.noise)
     images = images + noise[:, None, None, None] * torch.randn(images.shape, generator=generator).to(device)
     return {"images": images.clamp(0, 1), "centres": centres, "shown": shown, "tokens": tokens}
+
+
+def render_line(text: str, font: str = "DejaVu Sans", noise: float = 0.0, rotation: float = 0.0, blur: float = 0.0,
+                seed: int = 0) -> dict:
+    """One 32 x 100 text line of ``text`` in ``font``: centred, rotated by ``rotation`` degrees, with pixel
+    ``noise`` (std) and ``blur`` (sigma in pixels). Returns render's dict (images, centres, shown, tokens)."""
+    if font not in FONTS:
+        raise ValueError(f"unknown font {font!r}; choose one of: {', '.join(FONTS)}")
+    for name, value in (("noise", noise), ("blur", blur)):
+        if not (math.isfinite(value) and value >= 0):
+            raise ValueError(f"{name} must be >= 0, got {value!r}")
+    if not math.isfinite(rotation):
+        raise ValueError(f"rotation must be finite (degrees), got {rotation!r}")
+    style = replace(Style.clean(), noise=(noise, noise), blur=(blur, blur))
+    fonts = torch.tensor([list(FONTS).index(font)])
+    out = render([text.lower()], fonts, torch.Generator().manual_seed(seed), style, angles=torch.tensor([rotation]))
+    out["shown"] = [text.lower()]
+    return out
 
 
 # --------------------------------------------------------------------------- the data set

@@ -71,6 +71,17 @@ def test_there_are_notebooks():
     assert NOTEBOOKS, f"no notebooks under {ROOT / 'notebooks'}"
 
 
+CODE_COLUMN = 85  # characters the rendered book's code column shows without a scroll bar
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=notebook_ids())
+def test_notebook_code_fits_the_books_code_column(path):
+    long = [f"cell {number}: {len(line)} characters: {line.strip()[:60]}..."
+            for number, cell in enumerate(cells(path)) if cell["cell_type"] == "code"
+            for line in text(cell).splitlines() if len(line) > CODE_COLUMN]
+    assert not long, f"{path.name}: code lines over {CODE_COLUMN} characters, cut off in the book:\n" + "\n".join(long)
+
+
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=notebook_ids())
 def test_notebook_is_stored_without_outputs(path):
     for number, cell in enumerate(cells(path)):
@@ -100,8 +111,9 @@ def test_notebook_opens_with_colab_badge_and_setup_cell(path):
     setup = text(code[0])
     assert '"google.colab" in sys.modules' in setup, \
         f"{path.name}: the first code cell must test `\"google.colab\" in sys.modules`"
-    assert re.search(r"pip install\b.*git\+" + re.escape(url) + r"(?:\.git)?(?:@[\w./-]+)?[\"'\s]", setup + "\n"), \
+    assert re.search(r"git\+" + re.escape(url) + r"(?:\.git)?(?:@[\w./-]+)?[\"'\s]", setup + "\n"), \
         f"{path.name}: the first code cell must pip install git+{url}"
+    assert re.search(r"%pip install\b", setup), f"{path.name}: the first code cell must %pip install the course"
 
 
 # --- table of contents ---------------------------------------------------------------------

@@ -199,13 +199,14 @@ def test_windows_as_boxes_and_grid_points():
 def test_registered_models_and_their_configs():
     from attn_course.registry import get_spec
 
-    spec, plain = get_spec("draw"), get_spec("draw_noattn")
-    assert spec.check_task(None) == "mnist" and "mnist_paper" in spec.tasks
+    spec = get_spec("draw")
+    assert spec.check_task(None) == "mnist" and {"mnist_paper", "mnist-noattn", "mnist_paper-noattn"} <= set(spec.tasks)
     assert spec.model_config("mnist")["T"] == CPU_CONFIG.T and spec.model_config("mnist")["attention"]
     assert spec.model_config("mnist_paper")["T"] == 64 == PAPER_CONFIG.T
     assert (PAPER_CONFIG.read_N, PAPER_CONFIG.write_N, PAPER_CONFIG.enc_size, PAPER_CONFIG.z_size) == (2, 5, 256, 100)
-    assert not plain.model_config("mnist")["attention"]
-    assert isinstance(plain.build(plain.model_config("mnist")), DRAW)
+    without = spec.model_config("mnist-noattn")
+    assert not without["attention"] and {**without, "attention": True} == spec.model_config("mnist")
+    assert isinstance(spec.build(without), DRAW) and spec.model_config("mnist_paper-noattn")["T"] == 64
     with pytest.raises(ValueError, match="not 'draw'"):
         spec.build({"kind": "ram"})
 
@@ -243,11 +244,11 @@ def test_shipped_draw_is_trained_like_its_comparison():
     from attn_course.checkpoints import PRETRAINED_DIR, available_pretrained, read_card
 
     shipped = {name for name in available_pretrained() if name.startswith("draw")}
-    assert {"draw-mnist", "draw_noattn-mnist"} <= shipped, "ship DRAW with the DRAW without attention it is compared with"
-    cards = {name: read_card(PRETRAINED_DIR / f"{name}-mnist.pt") for name in ("draw", "draw_noattn")}
-    assert not cards["draw_noattn"]["model_config"]["attention"] and cards["draw"]["model_config"]["attention"]
+    assert {"draw-mnist", "draw-mnist-noattn"} <= shipped, "ship DRAW with the DRAW without attention it is compared with"
+    cards = {task: read_card(PRETRAINED_DIR / f"draw-{task}.pt") for task in ("mnist", "mnist-noattn")}
+    assert not cards["mnist-noattn"]["model_config"]["attention"] and cards["mnist"]["model_config"]["attention"]
     # trained the same way: the same configuration but for attention, the same batch size
-    same = lambda key: cards["draw"]["model_config"][key] == cards["draw_noattn"]["model_config"][key]  # noqa: E731
+    same = lambda key: cards["mnist"]["model_config"][key] == cards["mnist-noattn"]["model_config"][key]  # noqa: E731
     assert all(same(key) for key in ("T", "enc_size", "dec_size", "z_size"))
     batch = [card["command"].split("--batch-size ")[1].split()[0] for card in cards.values()]
     assert batch[0] == batch[1]
@@ -300,7 +301,7 @@ def _bad_draw_calls():
         (ValueError, "lr", lambda: train_model("draw", lr=0.0, device="cpu", progress=False)),
         (ValueError, "task 'cifar'", lambda: train_model("draw", "cifar", device="cpu", progress=False)),
         (TypeError, "config must be a DRAWConfig", lambda: train_model("draw", config={"T": 2}, device="cpu")),
-        (ValueError, "steps", lambda: train_model("draw_noattn", steps=-1, device="cpu", progress=False)),
+        (ValueError, "steps", lambda: train_model("draw", "mnist-noattn", steps=-1, device="cpu", progress=False)),
         (ValueError, "N must", lambda: draw.window_box(torch.tensor([14.0, 14.0, 2.0, 1.0, 1.0]), 0)),
         (ValueError, "window", lambda: draw.window_box(torch.tensor([14.0, 14.0, 2.0]), 5)),
         (ValueError, "window", lambda: grid_points(torch.zeros(2, 5), 5)),

@@ -80,7 +80,7 @@ def test_every_notebook_installs_the_current_release():
 @pytest.mark.parametrize("path", sorted((ROOT / "notebooks").glob("*.ipynb")), ids=lambda p: p.name)
 def test_setup_cell_pins_a_tag_not_main(path):
     source = "".join(first_code_cell(path)["source"])
-    assert f'"attn-course @ git+{URL}@v{VERSION}"' in source, \
+    assert f'source = "git+{URL}@v{VERSION}"' in source and '%pip install -q "attn-course @ {source}"' in source, \
         f"{path.name}: the setup cell must install the tag v{VERSION}, not main; run `python tools/release.py sync`"
 
 

@@ -13,7 +13,7 @@ EARLIER_CONFIGS = {
     ("ram", "mnist28", "full"): TrainConfig(60_000, 128, 1e-3, 0, 50, 12_000, 2000, 5.0, False),
     ("ram", "cluttered60", "quick"): TrainConfig(1500, 128, 1e-3, 0, 50, 0, 0, 5.0, False),
     ("draw", "mnist", "full"): TrainConfig(17_000, 64, 1e-3, 0, 25, 3400, 1000, 10.0, False),
-    ("draw_noattn", "mnist", "quick"): TrainConfig(300, 64, 1e-3, 0, 25, 0, 0, 10.0, False),
+    ("draw", "mnist-noattn", "quick"): TrainConfig(300, 64, 1e-3, 0, 25, 0, 0, 10.0, False),
     ("sat", "hard", "full"): TrainConfig(10_000, 32, 2e-3, 0, 25, 0, 500, 5.0, False),
     ("sat", "soft", "quick"): TrainConfig(400, 32, 2e-3, 0, 25, 0, 0, 5.0, False),
     ("r2am", "recurrent", "full"): TrainConfig(20_000, 64, 2e-3, 0, 25, 0, 500, 5.0, False),

@@ -41,10 +41,11 @@ SHOWN = ("torch", "numpy", "matplotlib", "ipywidgets")  # Colab's own packages, 
 # in pyproject.toml, which Colab's packages meet.
 SETUP_CELL = '''\
 import sys
-if "google.colab" in sys.modules:  # Colab: install the course package; elsewhere this cell does nothing
+if "google.colab" in sys.modules:  # Colab: install the course; elsewhere: nothing
     from importlib.metadata import version
     torch_version = version("torch")  # Colab's own build: pinned, so pip keeps it
-    %pip install -q "attn-course @ git+{url}@{tag}" "torch=={{torch_version}}"
+    source = "git+{url}@{tag}"
+    %pip install -q "attn-course @ {{source}}" "torch=={{torch_version}}"
     print(f"attn-course {{version('attn-course')}} installed from {tag};", ", ".join(
         f"{{name}} {{version(name)}}" for name in {shown}))'''
 

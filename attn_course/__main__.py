@@ -176,12 +176,16 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 
 def _with_attention_flag(spec, args: argparse.Namespace) -> str | None:
-    """``--no-attention`` selects the variant named TASK-noattn (e.g. r2am's ``recursive-noattn``)."""
+    """``--no-attention`` selects the variant without attention: TASK-noattn (e.g. r2am's ``recursive-noattn``,
+    draw's ``mnist-noattn``), or ``noattn`` for a model whose tasks are kinds of attention (sat)."""
     if not getattr(args, "no_attention", False):
         return args.task
-    task = f"{args.task or spec.default_task or spec.tasks[0]}-noattn"
+    base = args.task or spec.default_task or spec.tasks[0]
+    task = f"{base}-noattn"
+    if task not in spec.tasks and "noattn" in spec.tasks:
+        task = "noattn"  # the model's one variant without attention
     if task not in spec.tasks:
-        raise ValueError(f"model {spec.name!r} has no variant without attention for {task[:-7]!r}; "
+        raise ValueError(f"model {spec.name!r} has no variant without attention for {base!r}; "
                          f"its variants: {', '.join(spec.tasks)}")
     return task
 

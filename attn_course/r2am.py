@@ -31,10 +31,11 @@ previous state h_{t-1}, the embedding E y_{t-1} and the context z_t::
     h_t, c_t = LSTM([E y_{t-1}, z_t], h_{t-1}, c_{t-1})
     p(y_t | y_<t, x) = softmax(L_o(E y_{t-1} + L_h h_t + L_z z_t))
 
-and the loss is -sum_t log p(y_t | y_<t, x) (4.7). The attention network, the decoding
-functions (greedy and beam search) are those of :mod:`attn_course.show_attend_tell`; this
-model offers the same ``annotate``/``step`` interface. Without attention, z_t is one
-learned linear summary of all the columns in order, the same at every step.
+and the loss is -sum_t log p(y_t | y_<t, x) (4.7). The attention network f_att, the soft
+context and the decoding functions (greedy and beam search) are chapter 3's, shared in
+:mod:`attn_course.decoding`; this model offers the ``annotate``/``step`` interface they
+decode. Without attention, z_t is one learned linear summary of all the columns in order,
+the same at every step.
 """
 
 from __future__ import annotations
@@ -47,8 +48,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .data.text_lines import BOS, EOS, HEIGHT, MAX_LENGTH, PAD, VOCAB_SIZE, WIDTH, decode
-from .show_attend_tell import SoftAttention, beam_search, greedy_decode, soft_context
+from .data.text_lines import ALPHABET, BOS, EOS, HEIGHT, MAX_LENGTH, PAD, VOCAB_SIZE, WIDTH, decode
+from .decoding import SoftAttention, beam_search, greedy_decode, soft_context
+from .runtime import evaluating
 
 BLOCKS = ("recursive", "recurrent", "plain")
 
@@ -251,9 +253,9 @@ def receptive_field(T: int) -> int:
 
 
 class R2AM(nn.Module):
-    """The encoder and the attention decoder (4.6), with the interface of
-    :class:`~attn_course.show_attend_tell.ShowAttendTell` (``annotate``, ``step``) so that its greedy and
-    beam-search decoders work here unchanged."""
+    """The encoder and the attention decoder (4.6). :meth:`annotate` and :meth:`step` are the
+    :class:`~attn_course.decoding.Decoder` interface (as in Show, Attend and Tell), which :func:`read` decodes
+    through."""
 
     def __init__(self, config: R2AMConfig = R2AMConfig()):
         super().__init__()
@@ -281,11 +283,11 @@ class R2AM(nn.Module):
         state["a_mean"] = self.summary(a.flatten(1)) if self.summary is not None else a_mean
         return state
 
-    def step(self, y_prev: torch.Tensor, state: Mapping[str, torch.Tensor], context: str = "expected",
-             **_: Any) -> dict[str, torch.Tensor]:
+    def step(self, y_prev: torch.Tensor, state: Mapping[str, torch.Tensor], context: str = "expected"):
         """One character of (4.6): alpha_t, z_t, the LSTM and the logits of the deep output layer.
 
         ``context`` "expected" (soft attention) or "mean" (no attention: the fixed summary).
+        Returns the logits (B, K), the new state (h_t, c_t) and the extras: alpha (B, L).
         """
         a, h_prev = state["a"], state["h"]
         if context == "mean":
@@ -301,8 +303,7 @@ class R2AM(nn.Module):
         Ey = self.E(y_prev)
         h, c = self.lstm(torch.cat([Ey, z], 1), (h_prev, state["c"]))
         logits = self.L_o(Ey + self.L_h(h) + self.L_z(z))
-        return {"logits": logits, "h": h, "c": c, "alpha": alpha, "beta": torch.ones_like(h[:, :1]), "z_hat": z,
-                "s": alpha.argmax(-1)}
+        return logits, {**state, "h": h, "c": c}, {"alpha": alpha}
 
     def forward(self, images: torch.Tensor, tokens: torch.Tensor) -> dict[str, torch.Tensor]:
         """Teacher forcing: logits (B, T, K) for tokens[:, 1:] from tokens[:, :-1], and alpha (B, T, L)."""
@@ -313,15 +314,19 @@ class R2AM(nn.Module):
             raise ValueError(f"token ids must lie in [0, {self.config.vocab_size}), got {int(tokens.min())} to "
                              f"{int(tokens.max())}")
         state = self.annotate(images)
-        context = "expected" if self.config.attention == "soft" else "mean"
+        context = _context(self)
         steps = int((tokens != PAD).sum(1).max()) - 1  # up to the longest line's EOS
         logits, alphas = [], []
         for t in range(steps):
-            out = self.step(tokens[:, t], state, context)
-            state = {**state, "h": out["h"], "c": out["c"]}
-            logits.append(out["logits"])
-            alphas.append(out["alpha"])
+            step_logits, state, extras = self.step(tokens[:, t], state, context)
+            logits.append(step_logits)
+            alphas.append(extras["alpha"])
         return {"logits": torch.stack(logits, 1), "alpha": torch.stack(alphas, 1)}
+
+
+def _context(model: R2AM) -> str:
+    """The ``context`` of :meth:`R2AM.step` for ``model``: "expected" with attention, "mean" without."""
+    return "expected" if model.config.attention == "soft" else "mean"
 
 
 def r2am_loss(model: R2AM, batch: Mapping[str, Any]):
@@ -379,9 +384,9 @@ def _check_lines(images) -> torch.Tensor:
     return images
 
 
-@torch.no_grad()
 def read(model: R2AM, images: torch.Tensor, beam_size: int = 1, polarity: str = "auto") -> dict[str, Any]:
-    """Decode text lines: ``texts``, ``tokens`` (B, steps) and ``alpha`` (B, steps, L) (greedy or beam search).
+    """Decode text lines in eval mode: ``texts``, ``tokens`` (B, steps) and ``alpha`` (B, steps, L), greedily
+    (``beam_size`` 1) or by beam search (then also ``score`` and ``finished``; see :mod:`attn_course.decoding`).
 
     ``images`` (B, 1, 32, 100) in [0, 1]. The readers were trained on light text on a dark background;
     ``polarity`` (see :func:`to_light_on_dark`) makes them read ordinary dark-on-light print too:
@@ -393,14 +398,40 @@ def read(model: R2AM, images: torch.Tensor, beam_size: int = 1, polarity: str = 
     if isinstance(beam_size, bool) or not isinstance(beam_size, int) or beam_size < 1:
         raise ValueError(f"beam_size must be a positive int, got {beam_size!r}")
     images = to_light_on_dark(_check_lines(images), polarity)
-    was_training = model.training
-    model.eval()
-    try:
-        max_len = model.config.max_length + 1
-        decoder = greedy_decode if beam_size == 1 else (
-            lambda m, x, max_len: beam_search(m, x, beam_size, max_len))
-        out = decoder(model, images, max_len=max_len)
-    finally:
-        model.train(was_training)
+    max_len = model.config.max_length + 1
+    options = dict(bos=BOS, eos=EOS, pad=PAD, context=_context(model))
+    with evaluating(model):
+        if beam_size == 1:
+            out = greedy_decode(model, images, max_len, **options)
+        else:
+            out = beam_search(model, images, beam_size, max_len, **options)
     out["texts"] = [decode(row) for row in out["tokens"].tolist()]
     return out
+
+
+def _text_line(image) -> torch.Tensor:
+    """One text line, (32, 100), (1, 32, 100) or (1, 1, 32, 100), as (1, 1, 32, 100); a clear error otherwise."""
+    line = torch.as_tensor(image)
+    if line.shape not in ((HEIGHT, WIDTH), (1, HEIGHT, WIDTH), (1, 1, HEIGHT, WIDTH)):
+        raise ValueError(f"image must be one text line of shape ({HEIGHT}, {WIDTH}) or (1, {HEIGHT}, {WIDTH}), got "
+                         f"{tuple(line.shape)} (resize or crop the line to {HEIGHT} x {WIDTH} first)")
+    return line.reshape(1, 1, HEIGHT, WIDTH)
+
+
+def read_line(model, image, polarity: str = "auto") -> dict:
+    """The model's reading of one line (1, 32, 100) in [0, 1]: ``text``, ``alpha`` (steps, L) and ``labels``, one per
+    step up to and including EOS (a special token other than EOS shows as "?").
+
+    ``polarity``: "auto" (default) reads light text on dark and ordinary dark text on light alike (a line
+    whose median pixel is above 1/2 is inverted first); "light_on_dark" or "dark_on_light" say which it is.
+    """
+    if not isinstance(model, R2AM):
+        raise TypeError(f"model must be an R2AM reader, got {type(model).__name__}")
+    device = next(model.parameters()).device
+    out = read(model, _text_line(image).to(device), polarity=polarity)
+    labels = []
+    for token in out["tokens"][0].tolist():
+        labels.append("EOS" if token == EOS else ALPHABET[token - 3] if token >= 3 else "?")
+        if token == EOS:
+            break
+    return {"text": out["texts"][0], "alpha": out["alpha"][0, :len(labels)].cpu(), "labels": labels}

@@ -47,6 +47,9 @@ import torch
 from torch import nn
 
 from .data.captions import BOS, EOS, PAD
+from .data.scenes import VOCAB
+from .decoding import SoftAttention, beam_search, greedy_decode, soft_context
+from .runtime import evaluating
 
 ATTENTION = ("soft", "hard", "none")
 # The weights lambda (the penalty, off by default), lambda_r and lambda_e (hard attention) were chosen by
@@ -142,39 +145,11 @@ class Encoder(nn.Module):
         return torch.cat([features, self.where.expand(len(features), -1, -1)], 2)  # (B, L, D)
 
 
-# --------------------------------------------------------------------------- B. attention: f_att, the gate, phi
+# --------------------------------------------------------------------------- B. attention: the hard context
 
 
-class SoftAttention(nn.Module):
-    """f_att (3.1) as a one-hidden-layer MLP, e_ti = w^T tanh(W_a a_i + W_h h_{t-1}), and alpha (3.2).
-
-    W_a a_i does not depend on t: :meth:`project` computes it once per image.
-    """
-
-    def __init__(self, D: int, n: int, hidden: int):
-        super().__init__()
-        self.W_a = nn.Linear(D, hidden)
-        self.W_h = nn.Linear(n, hidden, bias=False)
-        self.w = nn.Linear(hidden, 1)
-
-    def project(self, a: torch.Tensor) -> torch.Tensor:
-        return self.W_a(a)  # (B, L, hidden)
-
-    def forward(self, Wa_a: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
-        """alpha_t (B, L) from the projected annotations (B, L, hidden) and h_{t-1} (B, n)."""
-        e = self.w(torch.tanh(Wa_a + self.W_h(h)[:, None, :]))[..., 0]  # e_ti, (3.1)
-        return e.softmax(-1)  # alpha_ti, (3.2)
-
-
-def soft_context(a: torch.Tensor, alpha: torch.Tensor, beta: torch.Tensor | None = None) -> torch.Tensor:
-    """z^_t = beta_t sum_i alpha_ti a_i, the expected context (3.13)-(3.14); ``a`` (B, L, D), ``alpha`` (B, L),
-    ``beta`` (B, 1) or None -> (B, D)."""
-    if a.dim() != 3 or alpha.shape != a.shape[:2]:
-        raise ValueError(f"expected a (B, L, D) and alpha (B, L), got {tuple(a.shape)} and {tuple(alpha.shape)}")
-    if beta is not None and beta.shape != (a.shape[0], 1):
-        raise ValueError(f"expected beta of shape ({a.shape[0]}, 1), got {tuple(beta.shape)}")
-    z = (alpha[:, None, :] @ a)[:, 0]
-    return z if beta is None else beta * z
+# f_att (3.1)-(3.2) is the additive attention :class:`~attn_course.decoding.SoftAttention`, and the soft context
+# (3.13)-(3.14) :func:`~attn_course.decoding.soft_context`, shared with chapter 4.
 
 
 def hard_context(a: torch.Tensor, s: torch.Tensor, beta: torch.Tensor | None = None) -> torch.Tensor:
@@ -194,7 +169,8 @@ class ShowAttendTell(nn.Module):
     """Encoder, f_init, f_att, f_beta, the LSTM and the deep output layer, named as in the paper.
 
     :meth:`forward` runs the decoder with teacher forcing over captions (B, T) (BOS, words,
-    EOS, PAD); :meth:`step` is one step of (3.1)-(3.6), used by the decoding functions.
+    EOS, PAD); :meth:`annotate` and :meth:`step` (one step of (3.1)-(3.6)) are the
+    :class:`~attn_course.decoding.Decoder` interface, which :func:`caption` decodes through.
     """
 
     def __init__(self, config: SATConfig = SATConfig()):
@@ -232,16 +208,17 @@ class ShowAttendTell(nn.Module):
         return {"a": a, "Wa_a": self.f_att.project(a), "a_mean": a_mean, "h": h, "c": c}
 
     def step(self, y_prev: torch.Tensor, state: Mapping[str, torch.Tensor], context: str = "expected",
-             s: torch.Tensor | None = None, use_expectation: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+             s: torch.Tensor | None = None, use_expectation: torch.Tensor | None = None):
         """One word: alpha_t (3.1)-(3.2), beta_t (3.14), z^_t (3.7 or 3.13), the LSTM (3.5) and the logits of (3.6).
 
-        ``state`` holds a, Wa_a, a_mean (from :meth:`annotate`) and h, c (h_{t-1}, c_{t-1}).
-        ``context``: "expected" (soft attention), "sample" (hard: s_t ~ Multinoulli(alpha_t),
-        or the given ``s``), "argmax" (hard, the likeliest location), "mean" (no attention:
-        the mean annotation vector). With "sample", ``use_expectation`` (B,) bool marks images
-        that take the expected context instead (section 4.1). Returns logits (B, K), h, c,
-        alpha (B, L), beta (B, 1), z_hat (B, D) and s (B,) (the location looked at; for
-        "expected" and "mean" the argmax of alpha).
+        The ``step`` of the :class:`~attn_course.decoding.Decoder` interface. ``state`` holds
+        a, Wa_a, a_mean (from :meth:`annotate`) and h, c (h_{t-1}, c_{t-1}). ``context``:
+        "expected" (soft attention), "sample" (hard: s_t ~ Multinoulli(alpha_t), or the given
+        ``s``), "argmax" (hard, the likeliest location), "mean" (no attention: the mean
+        annotation vector). With "sample", ``use_expectation`` (B,) bool marks images that
+        take the expected context instead (section 4.1). Returns the logits (B, K), the new
+        state (h_t, c_t) and the extras alpha (B, L), beta (B,) and s (B,) (the location
+        looked at; for "expected" and "mean" the argmax of alpha).
         """
         c = self.config
         a, h_prev = state["a"], state["h"]
@@ -263,8 +240,8 @@ class ShowAttendTell(nn.Module):
         Ey = self.E(y_prev)
         h, c_t = self.lstm(torch.cat([Ey, z_hat], 1), (h_prev, state["c"]))
         logits = self.L_o(Ey + self.L_h(h) + self.L_z(z_hat))  # the deep output layer (3.6)
-        return {"logits": logits, "h": h, "c": c_t, "alpha": alpha, "beta": beta, "z_hat": z_hat,
-                "s": s if s is not None else alpha.argmax(-1)}
+        extras = {"alpha": alpha, "beta": beta[:, 0], "s": s if s is not None else alpha.argmax(-1)}
+        return logits, {**state, "h": h, "c": c_t}, extras
 
     def check_captions(self, captions: torch.Tensor, batch: int) -> None:
         if captions.dim() != 2 or captions.shape[0] != batch or captions.shape[1] < 2:
@@ -295,12 +272,11 @@ class ShowAttendTell(nn.Module):
             use_expectation = torch.rand(images.shape[0], device=images.device) < c.expected_value_prob
         out = {"logits": [], "alpha": [], "beta": [], "s": []}
         for t in range(captions.shape[1] - 1):
-            result = self.step(captions[:, t], state, context, use_expectation=use_expectation)
-            state = {**state, "h": result["h"], "c": result["c"]}
-            for key in out:
-                out[key].append(result[key])
-        out = {"logits": torch.stack(out["logits"], 1), "alpha": torch.stack(out["alpha"], 1),
-               "beta": torch.stack(out["beta"], 1)[..., 0], "s": torch.stack(out["s"], 1)}
+            logits, state, extras = self.step(captions[:, t], state, context, use_expectation=use_expectation)
+            out["logits"].append(logits)
+            for key in ("alpha", "beta", "s"):
+                out[key].append(extras[key])
+        out = {key: torch.stack(values, 1) for key, values in out.items()}
         if use_expectation is not None:
             out["use_expectation"] = use_expectation
         return out
@@ -405,102 +381,46 @@ def _inference_context(model: ShowAttendTell, hard: str) -> str:
     return {"soft": "expected", "hard": hard, "none": "mean"}[model.config.attention]
 
 
-def _finish(tokens: torch.Tensor) -> torch.Tensor:
-    """PAD after the first EOS of every row."""
-    eos = (tokens == EOS).long()
-    return tokens.masked_fill(eos.cumsum(1) - eos > 0, PAD)
-
-
-@torch.no_grad()
-def greedy_decode(model: ShowAttendTell, images: torch.Tensor, max_len: int = 20,
-                  hard: str = "argmax") -> dict[str, torch.Tensor]:
-    """y_t = argmax p(y_t | a, y_{t-1}, h_t, z^_t), up to ``max_len`` words or EOS.
-
-    Hard attention looks at the likeliest location (``hard="argmax"``), at a sampled one
-    ("sample") or takes the expectation ("expected"). Returns ``tokens`` (B, T) without BOS,
-    EOS included, PAD after it; ``alpha`` (B, T, L), ``beta`` (B, T) and ``s`` (B, T), the
-    location looked at for each word.
-    """
-    if max_len < 1:
-        raise ValueError(f"max_len must be positive, got {max_len}")
-    context = _inference_context(model, hard)
-    state = model.annotate(images)  # checks the images' shape
-    B = images.shape[0]
-    y = torch.full((B,), BOS, dtype=torch.long, device=images.device)
-    done = torch.zeros(B, dtype=torch.bool, device=images.device)
-    tokens, alphas, betas, locations = [], [], [], []
-    for _ in range(max_len):
-        result = model.step(y, state, context)
-        state = {**state, "h": result["h"], "c": result["c"]}
-        y = result["logits"].argmax(-1).masked_fill(done, PAD)
-        tokens.append(y)
-        alphas.append(result["alpha"])
-        betas.append(result["beta"][:, 0])
-        locations.append(result["s"])
-        done |= y == EOS
-        if bool(done.all()):
-            break
-    return {"tokens": _finish(torch.stack(tokens, 1)), "alpha": torch.stack(alphas, 1), "beta": torch.stack(betas, 1),
-            "s": torch.stack(locations, 1)}
-
-
-@torch.no_grad()
-def beam_search(model: ShowAttendTell, images: torch.Tensor, beam_size: int = 3, max_len: int = 20,
-                hard: str = "argmax") -> dict[str, torch.Tensor]:
-    """Beam search by log p(y | a) (the paper decodes with a beam; no length penalty).
-
-    Keeps ``beam_size`` hypotheses per image; a finished one (it emitted EOS) keeps its score
-    and only continues with PAD at no cost. With ``beam_size`` 1 this is :func:`greedy_decode`.
-    Returns ``tokens``, ``alpha``, ``beta``, ``s`` of the best hypothesis (as in
-    :func:`greedy_decode`) and its ``score`` (B,).
-    """
-    if beam_size < 1:
-        raise ValueError(f"beam_size must be positive, got {beam_size}")
-    if max_len < 1:
-        raise ValueError(f"max_len must be positive, got {max_len}")
-    context = _inference_context(model, hard)
-    B, k, device = images.shape[0], beam_size, images.device
-    state = {key: value.repeat_interleave(k, 0) for key, value in model.annotate(images).items()}
-    K = model.config.vocab_size
-    log_p = torch.zeros(B, k, device=device)
-    log_p[:, 1:] = float("-inf")  # all beams start equal: expand only the first
-    done = torch.zeros(B, k, dtype=torch.bool, device=device)
-    y = torch.full((B * k,), BOS, dtype=torch.long, device=device)
-    history = {"tokens": [], "alpha": [], "beta": [], "s": []}
-    for _ in range(max_len):
-        result = model.step(y, state, context)
-        step = result["logits"].float().log_softmax(-1).view(B, k, K)
-        frozen = torch.full_like(step, float("-inf"))
-        frozen[..., PAD] = 0.0
-        step = torch.where(done[..., None], frozen, step)
-        log_p, best = (log_p[..., None] + step).view(B, k * K).topk(k, dim=1)
-        beam, token = best // K, best % K
-        rows = (torch.arange(B, device=device)[:, None] * k + beam).flatten()
-        state = {**state, "h": result["h"][rows], "c": result["c"][rows]}
-        for key, value in (("alpha", result["alpha"]), ("beta", result["beta"][:, 0]), ("s", result["s"])):
-            history[key] = [h[rows] for h in history[key]] + [value[rows]]
-        history["tokens"] = [h[rows] for h in history["tokens"]] + [token.flatten()]
-        done = done.gather(1, beam) | (token == EOS)
-        y = token.flatten()
-        if bool(done.all()):
-            break
-    top = torch.where(done, log_p, log_p - 1e9).argmax(1)  # prefer finished hypotheses
-    chosen = torch.arange(B, device=device) * k + top
-    out = {key: torch.stack(values, 1)[chosen] for key, values in history.items()}
-    out["tokens"] = _finish(out["tokens"])
-    out["score"] = log_p.gather(1, top[:, None])[:, 0]
-    return out
-
-
-@torch.no_grad()
 def caption(model: ShowAttendTell, images: torch.Tensor, beam_size: int = 1, max_len: int = 20,
             hard: str = "argmax") -> dict[str, torch.Tensor]:
-    """Greedy decoding (``beam_size`` 1) or beam search, in eval mode; see :func:`greedy_decode`."""
-    was_training = model.training
-    model.eval()
-    try:
+    """Caption ``images`` in eval mode: greedily (``beam_size`` 1) or by beam search over log p(y | a).
+
+    The paper decodes with a beam and no length penalty; both searches are those of
+    :mod:`attn_course.decoding`. Hard attention looks at the likeliest location
+    (``hard="argmax"``), at a sampled one ("sample") or takes the expectation ("expected").
+    Returns ``tokens`` (B, T) without BOS, EOS included, PAD after it; ``alpha`` (B, T, L),
+    ``beta`` (B, T) and ``s`` (B, T), the location looked at for each word; and, from the
+    beam, the caption's ``score`` log p(y | a) (B,) and whether it ``finished``.
+    """
+    context = _inference_context(model, hard)
+    with evaluating(model):
         if beam_size == 1:
-            return greedy_decode(model, images, max_len, hard)
-        return beam_search(model, images, beam_size, max_len, hard)
-    finally:
-        model.train(was_training)
+            return greedy_decode(model, images, max_len, bos=BOS, eos=EOS, pad=PAD, context=context)
+        return beam_search(model, images, beam_size, max_len, bos=BOS, eos=EOS, pad=PAD, context=context)
+
+
+# --------------------------------------------------------------------------- F. what each word looked at
+
+
+def caption_with_attention(model, images, beam_size: int = 1, hard: str = "argmax") -> list[dict]:
+    """Caption ``images`` (B, 3, S, S) and keep, per image, what each emitted word looked at.
+
+    Returns one dict per image: ``words`` (the caption's words, then "<eos>"), ``alpha``
+    (len(words), L), ``beta`` (len(words),) and ``s`` (len(words),), the location the hard
+    model read (for soft attention, the strongest one).
+    """
+    if not isinstance(model, ShowAttendTell):
+        raise TypeError(f"model must be a ShowAttendTell captioner, got {type(model).__name__}")
+    images = torch.as_tensor(images)
+    if images.dim() not in (3, 4) or len(images) == 0:
+        raise ValueError(f"expected a non-empty batch of images (N, H, W) or (N, C, H, W), got {tuple(images.shape)}")
+    device = next(model.parameters()).device
+    out = caption(model, images.to(device), beam_size=beam_size, hard=hard)
+    results = []
+    for b, row in enumerate(out["tokens"].tolist()):
+        n = next((t + 1 for t, token in enumerate(row) if token in (EOS, PAD)), len(row))
+        words = [VOCAB.itos[token] if token != EOS else "<eos>" for token in row[:n] if token != PAD]
+        n = len(words)
+        results.append({"words": words, "alpha": out["alpha"][b, :n].cpu(), "beta": out["beta"][b, :n].cpu(),
+                        "s": out["s"][b, :n].cpu()})
+    return results

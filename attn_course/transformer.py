@@ -18,7 +18,9 @@ far. Nothing is recurrent; every interaction is attention:
 
 Equation numbers are those of chapter 5. Masks are boolean and True where attention is
 allowed, as in ``torch.nn.functional.scaled_dot_product_attention``; shapes broadcast to
-(B, h, T_q, T_k).
+(B, h, T_q, T_k). Greedy decoding and the beam search of (5.7) are the shared ones of
+:mod:`attn_course.decoding` (chapters 3 and 4 decode with them too), through
+:meth:`Transformer.annotate` and :meth:`Transformer.step`.
 """
 
 from __future__ import annotations
@@ -31,7 +33,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import decoding
 from .data.sequences import BOS, EOS, PAD
+from .runtime import evaluating
 
 
 @dataclass(frozen=True)
@@ -419,6 +423,20 @@ class Transformer(nn.Module):
         memory, mask, _ = self.encode(src)
         return self.decode(tgt, memory, mask)[0]
 
+    def annotate(self, src: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The :class:`~attn_course.decoding.Decoder` state of ``src`` (B, S): the memories (B, S, d_model), their
+        padding mask (B, 1, 1, S) and the output so far, ``prefix`` (B, 0), to which :meth:`step` appends."""
+        memory, mask, _ = self.encode(src)
+        return {"memory": memory, "memory_mask": mask, "prefix": src.new_zeros((src.shape[0], 0), dtype=torch.long)}
+
+    def step(self, tokens: torch.Tensor, state: Mapping[str, torch.Tensor]):
+        """One output token for the shared decoders: append ``tokens`` (B,) (BOS first) to the prefix, run the
+        decoder over the whole prefix (no cache of keys and values) and return the last position's logits
+        (B, vocab), the state with the longer prefix, and no extras."""
+        prefix = torch.cat([state["prefix"], tokens[:, None]], 1)
+        logits = self.decode(prefix, state["memory"], state["memory_mask"])[0][:, -1]
+        return logits, {**state, "prefix": prefix}, {}
+
     @torch.no_grad()
     def attention(self, src: torch.Tensor, tgt: torch.Tensor) -> dict[str, torch.Tensor]:
         """Every attention weight on one teacher-forced pass (written-out path):
@@ -512,82 +530,18 @@ def noam_optimizer(model: nn.Module, d_model: int, warmup: int, factor: float = 
 # --------------------------------------------------------------------------- F. decoding
 
 
-def _finish(tokens: torch.Tensor) -> torch.Tensor:
-    """PAD after the first EOS of every row."""
-    after = (tokens == EOS).long().cumsum(1) - (tokens == EOS).long() > 0
-    return tokens.masked_fill(after, PAD)
+LENGTH_PENALTY = 0.6  # alpha of lp(Y) in (5.7), the paper's
 
 
-@torch.no_grad()
-def greedy_decode(model: Transformer, src: torch.Tensor, max_len: int) -> torch.Tensor:
-    """y_t = argmax p(y | y_<t, x), one token at a time, up to ``max_len`` tokens or EOS.
-
-    Returns (B, <= max_len) ids without BOS, EOS included, PAD after it.
-    """
-    if max_len < 1:
-        raise ValueError(f"max_len must be positive, got {max_len}")
-    memory, mask, _ = model.encode(src)
-    ys = torch.full((src.shape[0], 1), BOS, dtype=torch.long, device=src.device)
-    done = torch.zeros(src.shape[0], dtype=torch.bool, device=src.device)
-    for _ in range(max_len):
-        logits = model.decode(ys, memory, mask)[0][:, -1]
-        nxt = logits.argmax(-1).masked_fill(done, PAD)
-        ys = torch.cat([ys, nxt[:, None]], 1)
-        done |= nxt == EOS
-        if done.all():
-            break
-    return _finish(ys[:, 1:])
-
-
-def length_penalty(length: torch.Tensor, alpha: float) -> torch.Tensor:
-    """lp(Y) = ((5 + |Y|) / 6)^alpha, equation (5.7) (Wu et al. 2016; the paper uses alpha = 0.6)."""
-    return ((5.0 + length.float()) / 6.0) ** alpha
-
-
-@torch.no_grad()
 def beam_search(model: Transformer, src: torch.Tensor, max_len: int, beam_size: int = 4,
-                alpha: float = 0.6) -> tuple[torch.Tensor, torch.Tensor]:
+                alpha: float = LENGTH_PENALTY) -> tuple[torch.Tensor, torch.Tensor]:
     """Beam search ranked by log P(Y | X) / lp(Y), equation (5.7); the paper: beam 4, alpha 0.6.
 
-    Keeps ``beam_size`` hypotheses per example; a hypothesis that emitted EOS is kept, with
-    its score frozen, until a better one pushes it out. Returns the best sequences
-    (B, <= max_len) (as :func:`greedy_decode`) and their scores (B,).
+    Chapter 5's name for :func:`attn_course.decoding.beam_search` (which see): the best
+    sequences (B, <= max_len), without BOS, PAD after EOS, and their scores (B,).
     """
-    if beam_size < 1:
-        raise ValueError(f"beam_size must be positive, got {beam_size}")
-    if max_len < 1:
-        raise ValueError(f"max_len must be positive, got {max_len}")
-    B, k, device = src.shape[0], beam_size, src.device
-    memory, mask, _ = model.encode(src)
-    memory, mask = memory.repeat_interleave(k, 0), mask.repeat_interleave(k, 0)
-    seqs = torch.full((B * k, 1), BOS, dtype=torch.long, device=device)
-    log_p = torch.zeros(B, k, device=device)
-    log_p[:, 1:] = float("-inf")  # at the start all beams are the same: expand only the first
-    lengths = torch.zeros(B, k, dtype=torch.long, device=device)
-    done = torch.zeros(B, k, dtype=torch.bool, device=device)
-    V = model.config.vocab_size
-    for _ in range(max_len):
-        step = model.decode(seqs, memory, mask)[0][:, -1].float().log_softmax(-1).view(B, k, V)
-        frozen = torch.full_like(step, float("-inf"))
-        frozen[..., PAD] = 0.0  # a finished hypothesis only continues with PAD, at no cost
-        step = torch.where(done[..., None], frozen, step)
-        candidates = (log_p[..., None] + step).view(B, k * V)
-        new_length = (lengths + (~done).long())[..., None].expand(B, k, V).reshape(B, k * V)
-        ranked = candidates / length_penalty(new_length, alpha)
-        _, best = ranked.topk(k, dim=1)
-        beam, token = best // V, best % V
-        log_p = candidates.gather(1, best)
-        lengths = new_length.gather(1, best)
-        done = done.gather(1, beam) | (token == EOS)
-        rows = (torch.arange(B, device=device)[:, None] * k + beam).flatten()
-        seqs = torch.cat([seqs[rows], token.flatten()[:, None]], 1)
-        if done.all():
-            break
-    score = log_p / length_penalty(lengths, alpha)
-    score = torch.where(done, score, score - 1e9)  # prefer hypotheses that finished
-    top = score.argmax(1)
-    chosen = seqs.view(B, k, -1)[torch.arange(B, device=device), top, 1:]
-    return _finish(chosen), score.gather(1, top[:, None])[:, 0]
+    out = decoding.beam_search(model, src, beam_size, max_len, length_penalty=alpha, bos=BOS, eos=EOS, pad=PAD)
+    return out["tokens"], out["score"]
 
 
 # --------------------------------------------------------------------------- G. the loss and decoding for use
@@ -609,27 +563,22 @@ def transformer_loss(model: Transformer, batch: Mapping[str, torch.Tensor], epsi
     return loss, {"token_accuracy": (right & keep).sum() / keep.sum(), "sequence_accuracy": right.all(1).float().mean()}
 
 
-@torch.no_grad()
 def predict(model: Transformer, src: torch.Tensor, max_len: int, beam_size: int = 1) -> torch.Tensor:
-    """Greedy decoding (``beam_size`` 1) or beam search; (B, T) ids without BOS."""
+    """Greedy decoding (``beam_size`` 1) or beam search (length penalty 0.6), in eval mode; (B, T) ids without BOS."""
     if beam_size < 1:
         raise ValueError(f"beam_size must be positive, got {beam_size}")
-    was_training = model.training
-    model.eval()
-    out = greedy_decode(model, src, max_len) if beam_size == 1 else beam_search(model, src, max_len, beam_size)[0]
-    model.train(was_training)
-    return out
+    with evaluating(model):
+        if beam_size == 1:
+            return decoding.greedy_decode(model, src, max_len, bos=BOS, eos=EOS, pad=PAD)["tokens"]
+        return beam_search(model, src, max_len, beam_size)[0]
 
 
-@torch.no_grad()
 def attention_maps(model: Transformer, src: torch.Tensor, max_len: int) -> dict[str, torch.Tensor]:
     """Decode ``src`` (B, S) greedily, then return every attention weight of the pass that produced the
     output (see :meth:`Transformer.attention`) with ``output`` (B, T) ids; decoder row t is the query
     that predicted ``output[:, t]``."""
-    was_training = model.training
-    model.eval()
-    output = greedy_decode(model, src, max_len)
-    tgt = torch.cat([torch.full_like(output[:, :1], BOS), output], 1)[:, :-1]
-    maps = model.attention(src, tgt)
-    model.train(was_training)
+    with evaluating(model):
+        output = predict(model, src, max_len)
+        tgt = torch.cat([torch.full_like(output[:, :1], BOS), output], 1)[:, :-1]
+        maps = model.attention(src, tgt)
     return {**maps, "output": output}

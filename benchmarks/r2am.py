@@ -23,7 +23,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from run import print_rows, timed, train_step_seconds  # noqa: E402
 
 from attn_course.data.text_lines import TextLines  # noqa: E402
-from attn_course.r2am import TASKS, _build, _model_config, r2am_loss  # noqa: E402
+from attn_course.experiments.r2am import TASKS  # noqa: E402
+from attn_course.r2am import r2am_loss  # noqa: E402
+from attn_course.registry import get_spec  # noqa: E402
 from attn_course.runtime import banner, get_device  # noqa: E402
 
 
@@ -44,7 +46,8 @@ def main(argv=None):
     rows = []
     for task in args.variants:
         torch.manual_seed(0)
-        model = _build(_model_config(task)).to(device)
+        spec = get_spec("r2am")
+        model = spec.build(spec.model_config(task)).to(device)
         seconds = train_step_seconds(model, r2am_loss, batches, args.repeat, 2, device)
         params = sum(p.numel() for p in model.parameters())
         rows.append((f"train step, {task} ({params:,} parameters)", seconds, f"{1 / seconds:8.1f} steps/s"))

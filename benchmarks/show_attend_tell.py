@@ -26,8 +26,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from run import print_rows, timed, train_step_seconds  # noqa: E402
 
 from attn_course.data.scenes import ShapeScenes, captions, render, sample_layouts  # noqa: E402
+from attn_course.registry import get_spec  # noqa: E402
 from attn_course.runtime import banner, get_device  # noqa: E402
-from attn_course.show_attend_tell import ATTENTION, _build, _model_config, sat_loss  # noqa: E402
+from attn_course.show_attend_tell import ATTENTION, sat_loss  # noqa: E402
 
 
 def main(argv=None):
@@ -47,7 +48,8 @@ def main(argv=None):
     rows = []
     for attention in ATTENTION:
         torch.manual_seed(0)
-        model = _build(_model_config(attention)).to(device)
+        spec = get_spec("sat")
+        model = spec.build(spec.model_config(attention)).to(device)
         seconds = train_step_seconds(model, sat_loss, batches, args.repeat, 3, device)
         rows.append((f"train step, {attention} attention", seconds, f"{1 / seconds:8.1f} steps/s"))
     sample = lambda: data.sample(torch.Generator().manual_seed(0), args.batch)  # noqa: E731

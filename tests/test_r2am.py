@@ -4,11 +4,11 @@ decoding, the metrics, training and the registry."""
 import pytest
 import torch
 
-from attn_course.data.text_lines import EOS, HEIGHT, PAD, WIDTH, TextLineConfig, TextLines, encode_batch
-from attn_course.r2am import (BLOCKS, R2AM, TASKS, PlainBlock, R2AMConfig, RecurrentBlock, RecursiveBlock,
-                              alignment, block_parameters, character_error_rate, column_centres, evaluate_reading,
-                              r2am_loss, read, receptive_field, train_r2am)
-from attn_course.registry import get_spec
+from attn_course.data.text_lines import HEIGHT, PAD, WIDTH, TextLineConfig, TextLines
+from attn_course.experiments.r2am import TASKS, alignment, character_error_rate, column_centres, evaluate_reading
+from attn_course.r2am import (BLOCKS, R2AM, PlainBlock, R2AMConfig, RecurrentBlock, RecursiveBlock, block_parameters,
+                              r2am_loss, read, read_line, receptive_field)
+from attn_course.registry import get_spec, train_model
 
 SMALL = dict(c1=8, c2=8, D=16, m=8, n=16, att_hidden=8)
 
@@ -94,7 +94,7 @@ def test_bad_inputs_get_clear_errors(lines):
         model(torch.zeros(1, 1, 32, 100), torch.tensor([[1, 99, 2]]))
     with pytest.raises(ValueError, match="block"):
         R2AMConfig(block="deep")
-    with pytest.raises(ValueError, match="unknown R2AM variant"):
+    with pytest.raises(ValueError, match="no task 'lstm'; choose one of: recursive"):
         get_spec("r2am").model_config("lstm")
 
 
@@ -104,6 +104,19 @@ def test_reading_returns_strings_and_alignment(lines, beam):
     batch = batch_of(lines, 4)
     out = read(model, batch["images"], beam_size=beam)
     assert len(out["texts"]) == 4 and out["alpha"].shape[:2] == out["tokens"].shape
+    assert set(out) == {"texts", "tokens", "alpha"} | ({"score", "finished"} if beam > 1 else set())
+
+
+def test_read_line_labels_each_step_up_to_eos(lines):
+    torch.manual_seed(0)
+    model = R2AM(R2AMConfig(**SMALL)).train()
+    line = batch_of(lines, 1)["images"][0]
+    result = read_line(model, line[0])  # (32, 100) is one line too
+    read_out = read(model, line[None])
+    assert result["text"] == read_out["texts"][0] and model.training  # read in eval mode, the mode restored
+    assert len(result["labels"]) == len(result["alpha"]) and result["alpha"].shape[1] == WIDTH // 4
+    assert result["labels"][-1] == "EOS" or len(result["labels"]) == read_out["tokens"].shape[1]
+    assert "".join(label for label in result["labels"] if label not in ("EOS", "?")) == result["text"]
 
 
 def test_alignment_scores_the_nearest_character():
@@ -127,7 +140,8 @@ def test_character_error_rate():
 @pytest.mark.slow
 def test_a_short_training_run_learns(lines):
     torch.set_num_threads(2)
-    model, result, _ = train_r2am("recursive", steps=120, device="cpu", data=lines, progress=False, batch_size=32)
+    model, result, _ = train_model("r2am", "recursive", steps=120, device="cpu", data=lines, progress=False,
+                                   batch_size=32)
     losses = result.history.series("loss")[1]
     assert losses[-1] < losses[0] - 0.5
     scores = evaluate_reading(model, lines, ("test_words",))
@@ -143,21 +157,10 @@ def test_registry_tasks_and_configs():
 
 
 def test_train_takes_a_config_for_experiments(lines):
-    model, result, _ = train_r2am("recursive", steps=2, device="cpu", data=lines, progress=False, batch_size=4,
-                                  config=R2AMConfig(block="recurrent", tied=False, T=1, **SMALL))
+    model, result, _ = train_model("r2am", "recursive", steps=2, device="cpu", data=lines, progress=False,
+                                   batch_size=4, config=R2AMConfig(block="recurrent", tied=False, T=1, **SMALL))
     assert model.config.block == "recurrent" and not model.config.tied and result.step == 2
     assert len(model.encoder.block1.w_r) == 1 and isinstance(model.encoder.block1, RecurrentBlock)
-
-
-def test_shipped_readers_meet_the_target():
-    from attn_course.checkpoints import PRETRAINED_DIR, available_pretrained, read_card
-
-    shipped = [name for name in available_pretrained() if name.startswith("r2am-")]
-    if not shipped:
-        pytest.skip("no R2AM checkpoint is shipped yet")
-    cards = {name: read_card(PRETRAINED_DIR / f"{name}.pt") for name in shipped}
-    assert {"r2am-recursive", "r2am-recurrent"} <= set(cards), "ship both readers with attention"
-    assert max(card["metrics"]["word_accuracy_words"] for card in cards.values()) >= 0.95
 
 
 def test_the_reader_without_attention_has_no_attention_network_and_still_decodes():
@@ -181,9 +184,8 @@ def test_the_reader_without_attention_has_no_attention_network_and_still_decodes
 @pytest.mark.slow
 def test_the_shipped_reader_reads_dark_text_on_light_paper():
     from attn_course.data.text_lines import FONTS, load_words, render, split_words
-    from attn_course.r2am import read, to_light_on_dark
+    from attn_course.r2am import to_light_on_dark
     from attn_course.registry import load_pretrained
-    from attn_course.widgets import read_line
 
     reader = load_pretrained("r2am", "recurrent", device="cpu")
     g = torch.Generator().manual_seed(0)
@@ -207,6 +209,7 @@ def test_the_shipped_reader_reads_dark_text_on_light_paper():
 
 def _bad_r2am_calls():
     from attn_course import r2am
+    from attn_course.experiments import r2am as experiment
 
     model = R2AM(R2AMConfig(c1=4, c2=4, D=8, m=4, n=8, att_hidden=4)).eval()
     line = torch.rand(1, 1, HEIGHT, WIDTH)
@@ -236,17 +239,25 @@ def _bad_r2am_calls():
         (ValueError, "polarity must be one of auto, light_on_dark, dark_on_light", lambda: r2am.read(model, line,
                                                                                                    polarity="dark")),
         (ValueError, "polarity", lambda: r2am.to_light_on_dark(line, "negative")),
-        (ValueError, "columns", lambda: r2am.column_centres(0)),
-        (ValueError, "centres", lambda: r2am.alignment(torch.rand(2, 3, 25), torch.rand(3, 10))),
-        (ValueError, "targets", lambda: r2am.character_error_rate(["a"], [""])),
-        (ValueError, "targets", lambda: r2am.character_error_rate(["a"], ["a", "b"])),
-        (TypeError, "targets", lambda: r2am.character_error_rate("ab", "ab")),
-        (ValueError, "batch_size", lambda: r2am.evaluate_reading(model, None, batch_size=0)),
-        (ValueError, "variant 'dense'.*recursive", lambda: r2am.train_r2am("dense", device="cpu")),
-        (ValueError, "steps", lambda: r2am.train_r2am(device="cpu", steps=0, progress=False)),
-        (ValueError, "batch_size", lambda: r2am.train_r2am(device="cpu", batch_size=0, progress=False)),
-        (ValueError, "lr", lambda: r2am.train_r2am(device="cpu", lr=-1.0, progress=False)),
-        (TypeError, "config", lambda: r2am.train_r2am(device="cpu", config={"T": 3}, progress=False)),
+        (ValueError, r"image must be one text line .*\(1, 64, 50\)",
+         lambda: r2am.read_line(model, torch.zeros(1, 64, 50))),
+        (ValueError, "polarity", lambda: r2am.read_line(model, torch.zeros(32, 100), polarity="inverted")),
+        (TypeError, "model", lambda: r2am.read_line(object(), torch.zeros(32, 100))),
+        (ValueError, "columns", lambda: experiment.column_centres(0)),
+        (ValueError, "centres", lambda: experiment.alignment(torch.rand(2, 3, 25), torch.rand(3, 10))),
+        (ValueError, "targets", lambda: experiment.character_error_rate(["a"], [""])),
+        (ValueError, "targets", lambda: experiment.character_error_rate(["a"], ["a", "b"])),
+        (TypeError, "targets", lambda: experiment.character_error_rate("ab", "ab")),
+        (ValueError, "batch_size", lambda: experiment.evaluate_reading(model, None, batch_size=0)),
+        (ValueError, "task 'dense'; choose one of: recursive", lambda: train_model("r2am", "dense", device="cpu")),
+        (ValueError, "steps must be a positive int",
+         lambda: train_model("r2am", device="cpu", steps=0, progress=False)),
+        (ValueError, "batch_size must be a positive int", lambda: train_model("r2am", device="cpu", batch_size=0,
+                                                                              progress=False)),
+        (ValueError, "lr must be a positive number", lambda: train_model("r2am", device="cpu", lr=-1.0,
+                                                                         progress=False)),
+        (TypeError, "config must be a R2AMConfig", lambda: train_model("r2am", device="cpu", config={"T": 3},
+                                                                       progress=False)),
     ]
 
 

@@ -7,12 +7,13 @@ import torch
 
 from attn_course.data.captions import BOS, EOS, PAD
 from attn_course.data.scenes import VOCAB, ShapeScenes
-from attn_course.registry import get_spec
-from attn_course.show_attend_tell import (SATConfig, ShowAttendTell, _mean_by_key, attention_correctness,
-                                          attention_hit_by_phrase, attention_maps, beam_search,
-                                          caption_log_likelihood, corpus_bleu, doubly_stochastic_gradient,
-                                          doubly_stochastic_penalty, evaluate_captions, greedy_decode, hard_context,
-                                          hard_loss, noun_phrase_index, soft_context, soft_loss, train_sat)
+from attn_course.decoding import beam_search, greedy_decode, soft_context
+from attn_course.experiments.show_attend_tell import (_mean_by_key, attention_correctness, attention_hit_by_phrase,
+                                                      attention_maps, corpus_bleu, evaluate_captions, noun_phrase_index)
+from attn_course.registry import get_spec, train_model
+from attn_course.show_attend_tell import (SATConfig, ShowAttendTell, caption, caption_log_likelihood,
+                                          doubly_stochastic_gradient, doubly_stochastic_penalty, hard_context,
+                                          hard_loss, soft_loss)
 
 SMALL = dict(vocab_size=len(VOCAB), image_size=32, cell=8, channels=8, D=16, m=16, n=24, att_hidden=16)
 
@@ -73,7 +74,7 @@ def test_bad_inputs_are_clear_errors(scenes):
     with pytest.raises(ValueError, match=r"a \(B, L, D\) and alpha \(B, L\)"):
         soft_context(torch.zeros(2, 5, 3), torch.zeros(2, 4))
     with pytest.raises(ValueError, match="beam_size must be positive"):
-        beam_search(model, images, beam_size=0)
+        caption(model, images, beam_size=0)
 
 
 def test_soft_context_is_the_expectation_of_the_hard_context():
@@ -133,16 +134,33 @@ def test_hard_loss_baseline_and_the_expected_value_trick(scenes):
 def test_beam_of_one_is_greedy_and_beams_score_their_captions(scenes):
     model = model_for("soft").eval()
     images = small_batch(scenes, 5)["images"]
-    greedy = greedy_decode(model, images, max_len=8)
+    greedy = caption(model, images, beam_size=1, max_len=8)
+    assert set(greedy) == {"tokens", "alpha", "beta", "s"} and greedy["beta"].shape == greedy["tokens"].shape
     beam = beam_search(model, images, beam_size=1, max_len=8)
     assert torch.equal(greedy["tokens"], beam["tokens"]) and torch.allclose(greedy["alpha"], beam["alpha"])
-    wide = beam_search(model, images, beam_size=4, max_len=8)
+    wide = caption(model, images, beam_size=4, max_len=8)
     assert torch.allclose(teacher_log_p(model, images, wide["tokens"]), wide["score"], atol=1e-4)  # log p(y | a)
     with torch.no_grad():
         model.L_o.bias[EOS] += 3.0  # make the untrained model's captions end within max_len
-    wide = beam_search(model, images, beam_size=4, max_len=8)
-    assert (wide["tokens"] == EOS).any(1).all()
+    wide = caption(model, images, beam_size=4, max_len=8)
+    assert (wide["tokens"] == EOS).any(1).all() and wide["finished"].all()
     assert torch.allclose(teacher_log_p(model, images, wide["tokens"]), wide["score"], atol=1e-4)
+
+
+def test_hard_attention_decodes_at_the_likeliest_the_sampled_or_the_expected_location(scenes):
+    model = model_for("hard").eval()
+    images = small_batch(scenes, 4)["images"]
+    argmax = caption(model, images, max_len=6)
+    assert torch.equal(argmax["s"], argmax["alpha"].argmax(-1))  # read where alpha is largest
+    expected = caption(model, images, max_len=6, hard="expected")
+    assert torch.equal(expected["tokens"], greedy_decode(model, images, 6, context="expected")["tokens"])
+    torch.manual_seed(0)
+    sampled = caption(model, images, max_len=6, hard="sample")
+    torch.manual_seed(0)
+    assert torch.equal(sampled["tokens"], caption(model, images, max_len=6, hard="sample")["tokens"])
+    training = model_for("none").train()
+    caption(training, images, max_len=3)
+    assert training.training  # caption decodes in eval mode and restores the mode after
 
 
 def teacher_log_p(model, images, tokens):
@@ -151,9 +169,8 @@ def teacher_log_p(model, images, tokens):
     y = torch.full((len(tokens),), BOS)
     total = torch.zeros(len(tokens))
     for t in range(tokens.shape[1]):
-        result = model.step(y, state)
-        state = {**state, "h": result["h"], "c": result["c"]}
-        log_p = result["logits"].log_softmax(-1).gather(1, tokens[:, t:t + 1].clamp(min=0))[:, 0]
+        logits, state, _ = model.step(y, state)
+        log_p = logits.log_softmax(-1).gather(1, tokens[:, t:t + 1].clamp(min=0))[:, 0]
         total += torch.where(tokens[:, t] != PAD, log_p, 0.0)
         y = tokens[:, t]
     return total
@@ -192,8 +209,8 @@ def test_attention_correctness_on_a_constructed_case():
 def test_a_short_training_run_learns_and_evaluates(scenes):
     torch.manual_seed(0)
     data = ShapeScenes(seed=3, train_size=500, val_size=50, test_size=50)
-    model, result, description = train_sat("soft", "quick", "cpu", steps=60, batch_size=16, data=data,
-                                           progress=False, lr=3e-3)
+    model, result, description = train_model("sat", "soft", profile="quick", device="cpu", steps=60, batch_size=16,
+                                             data=data, progress=False, lr=3e-3)
     _, values = result.history.series("nll_per_word")
     assert values[-1] < 0.6 * values[0], values  # from about log K = 3.1 nats per word
     scores = evaluate_captions(model, data, "test")
@@ -214,7 +231,7 @@ def test_registered_for_the_command_line():
     assert isinstance(model, ShowAttendTell) and model.config.attention == "hard"
     for name in ("E", "L_o", "L_h", "L_z", "f_att", "f_beta", "f_init_h", "f_init_c"):
         assert hasattr(model, name)
-    with pytest.raises(ValueError, match="unknown Show, Attend and Tell variant"):
+    with pytest.raises(ValueError, match="no task 'medium'; choose one of: soft, hard, none"):
         spec.model_config("medium")
 
 
@@ -232,16 +249,16 @@ def test_the_course_model_has_a_16_by_16_grid():
     assert get_spec("sat").model_config("none")["cell"] == 4  # the baseline shares the encoder
 
 
-def test_shipped_captioners_meet_the_targets():
+def test_shipped_captioners_with_attention_beat_the_one_without():
+    """What no single card's target can say: soft and hard attention are "far above" the decoder without
+    attention on relational captions (10 BLEU-4 points or more). Each card's own target is checked with the
+    others'."""
     from attn_course.checkpoints import PRETRAINED_DIR, available_pretrained, read_card
 
     shipped = {name.removeprefix("sat-") for name in available_pretrained() if name.startswith("sat-")}
-    if not shipped:
-        pytest.skip("no Show, Attend and Tell checkpoint is shipped yet")
     assert {"soft", "hard", "none"} <= shipped, "ship soft and hard with the no-attention baseline they beat"
     metrics = {v: read_card(PRETRAINED_DIR / f"sat-{v}.pt")["metrics"] for v in ("soft", "hard", "none")}
-    assert metrics["soft"]["attention_hit"] >= 0.80  # strongest location on the named object
-    for variant in ("soft", "hard"):  # "far above" the baseline on relational captions: 10 BLEU-4 points or more
+    for variant in ("soft", "hard"):
         assert metrics[variant]["bleu4_relational"] >= metrics["none"]["bleu4_relational"] + 10
 
 
@@ -271,6 +288,7 @@ def test_without_f_init_every_image_starts_from_the_same_state():
 
 def _bad_sat_calls():
     from attn_course import show_attend_tell as sat
+    from attn_course.experiments import show_attend_tell as experiment
 
     model = ShowAttendTell(SATConfig(vocab_size=len(VOCAB), channels=4, D=8, m=8, n=8, att_hidden=8)).eval()
     images = torch.rand(2, 3, 64, 64)
@@ -286,27 +304,36 @@ def _bad_sat_calls():
         (ValueError, "mask", lambda: sat.doubly_stochastic_penalty(torch.rand(2, 3, 4), torch.ones(2, 4))),
         (ValueError, "mask", lambda: sat.doubly_stochastic_gradient(torch.rand(2, 3, 4), torch.ones(3, 3))),
         (ValueError, "targets", lambda: sat.caption_log_likelihood(torch.rand(2, 3, 5), torch.zeros(2, 4).long())),
-        (ValueError, "max_len", lambda: sat.greedy_decode(model, images, max_len=0)),
-        (ValueError, "hard", lambda: sat.greedy_decode(model, images, hard="soft")),
-        (ValueError, "beam_size", lambda: sat.beam_search(model, images, beam_size=0)),
+        (ValueError, "max_len", lambda: sat.caption(model, images, max_len=0)),
+        (ValueError, "max_len", lambda: sat.caption(model, images, beam_size=3, max_len=0)),
+        (ValueError, "hard", lambda: sat.caption(model, images, hard="soft")),
+        (ValueError, "beam_size", lambda: sat.caption(model, images, beam_size=0)),
         (ValueError, "beam_size", lambda: sat.caption(model, images, beam_size=-2)),
-        (ValueError, "max_order", lambda: sat.corpus_bleu(["a b"], [["a b"]], max_order=0)),
-        (TypeError, "hypotheses", lambda: sat.corpus_bleu("a b", [["a b"]])),
-        (ValueError, "reference", lambda: sat.corpus_bleu(["a b"], [[]])),
-        (ValueError, "grid", lambda: sat.location_cover(torch.ones(1, 1, 8, 8), 0)),
-        (ValueError, "masks", lambda: sat.location_cover(torch.ones(1, 8, 8), 2)),
-        (ValueError, "masks", lambda: sat.attention_correctness(torch.rand(2, 3, 4), torch.zeros(2, 3).long(),
-                                                                 torch.ones(3, 1, 8, 8))),
-        (ValueError, "alpha", lambda: sat.attention_correctness(torch.rand(2, 3, 5), torch.zeros(2, 3).long(),
-                                                                 torch.ones(2, 1, 8, 8))),
-        (ValueError, "batch_size", lambda: sat.evaluate_captions(model, None, batch_size=0)),
-        (ValueError, "batch_size", lambda: sat.attention_hit_by_phrase(model, None, batch_size=0)),
-        (ValueError, "variant 'soft2'.*soft, hard, none", lambda: sat.train_sat("soft2", device="cpu")),
-        (ValueError, "steps", lambda: sat.train_sat("soft", device="cpu", steps=0, progress=False)),
-        (ValueError, "batch_size", lambda: sat.train_sat("soft", device="cpu", batch_size=0, progress=False)),
-        (ValueError, "lr", lambda: sat.train_sat("soft", device="cpu", lr=0.0, progress=False)),
-        (ValueError, "alpha", lambda: sat.attention_maps(torch.rand(2, 5))),
-        (ValueError, "image_size", lambda: sat.attention_maps(torch.rand(2, 4), image_size=0)),
+        (TypeError, "model", lambda: sat.caption_with_attention(object(), torch.rand(1, 3, 64, 64))),
+        (ValueError, "non-empty batch of images", lambda: sat.caption_with_attention(model, torch.rand(0, 3, 64, 64))),
+        (ValueError, "max_order", lambda: experiment.corpus_bleu(["a b"], [["a b"]], max_order=0)),
+        (TypeError, "hypotheses", lambda: experiment.corpus_bleu("a b", [["a b"]])),
+        (ValueError, "reference", lambda: experiment.corpus_bleu(["a b"], [[]])),
+        (ValueError, "grid", lambda: experiment.location_cover(torch.ones(1, 1, 8, 8), 0)),
+        (ValueError, "masks", lambda: experiment.location_cover(torch.ones(1, 8, 8), 2)),
+        (ValueError, "masks", lambda: experiment.attention_correctness(torch.rand(2, 3, 4), torch.zeros(2, 3).long(),
+                                                                        torch.ones(3, 1, 8, 8))),
+        (ValueError, "alpha", lambda: experiment.attention_correctness(torch.rand(2, 3, 5), torch.zeros(2, 3).long(),
+                                                                        torch.ones(2, 1, 8, 8))),
+        (ValueError, "batch_size", lambda: experiment.evaluate_captions(model, None, batch_size=0)),
+        (ValueError, "batch_size", lambda: experiment.attention_hit_by_phrase(model, None, batch_size=0)),
+        (ValueError, "task 'soft2'; choose one of: soft, hard, none",
+         lambda: train_model("sat", "soft2", device="cpu")),
+        (ValueError, "steps must be a positive int",
+         lambda: train_model("sat", "soft", device="cpu", steps=0, progress=False)),
+        (ValueError, "batch_size must be a positive int",
+         lambda: train_model("sat", "soft", device="cpu", batch_size=0, progress=False)),
+        (ValueError, "lr must be a positive number", lambda: train_model("sat", "soft", device="cpu", lr=0.0,
+                                                                         progress=False)),
+        (TypeError, "config must be a SATConfig", lambda: train_model("sat", "soft", device="cpu",
+                                                                      config={"attention": "soft"}, progress=False)),
+        (ValueError, "alpha", lambda: experiment.attention_maps(torch.rand(2, 5))),
+        (ValueError, "image_size", lambda: experiment.attention_maps(torch.rand(2, 4), image_size=0)),
     ]
 
 

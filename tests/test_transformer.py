@@ -7,11 +7,12 @@ import torch
 import torch.nn.functional as F
 
 from attn_course.data.sequences import BOS, EOS, PAD, VOCAB_SIZE
-from attn_course.transformer import (EncoderLayer, MultiHeadAttention, Transformer, TransformerConfig, beam_search,
-                                     causal_mask, greedy_decode, label_smoothed_loss, length_penalty, noam_lr,
-                                     noam_optimizer, padding_mask, parameter_count, pe_shift_matrix,
-                                     positional_encoding, scaled_dot_product_attention, smoothed_targets,
-                                     transformer_loss)
+from attn_course.decoding import greedy_decode
+from attn_course.registry import train_model
+from attn_course.transformer import (EncoderLayer, MultiHeadAttention, Transformer, TransformerConfig, attention_maps,
+                                     beam_search, causal_mask, label_smoothed_loss, noam_lr, noam_optimizer,
+                                     padding_mask, parameter_count, pe_shift_matrix, positional_encoding, predict,
+                                     scaled_dot_product_attention, smoothed_targets, transformer_loss)
 
 SMALL = TransformerConfig(vocab_size=VOCAB_SIZE, d_model=32, heads=4, d_ff=64, encoder_layers=2, decoder_layers=2,
                           dropout=0.0, max_len=32)
@@ -145,21 +146,37 @@ def test_noam_schedule_peaks_at_warmup():
     assert optimizer.param_groups[0]["lr"] == pytest.approx(noam_lr(2, 512, 10))
 
 
-@pytest.mark.slow
+def test_step_runs_the_decoder_over_the_prefix():
+    """The Decoder interface of attn_course.decoding: step t's logits are those of the teacher-forced pass at t."""
+    torch.manual_seed(0)
+    model = Transformer(SMALL).eval()
+    src, tgt = tokens(2, 6, 7, pad_from=[4, 6]), tokens(2, 5, 8)
+    tgt[:, 0] = BOS
+    state = model.annotate(src)
+    assert state["prefix"].shape == (2, 0) and state["memory"].shape == (2, 6, 32)
+    forced = model(src, tgt)
+    for t in range(5):
+        logits, state, extras = model.step(tgt[:, t], state)
+        assert extras == {} and torch.equal(state["prefix"], tgt[:, :t + 1])
+        assert torch.allclose(logits, forced[:, t], atol=1e-5)
+
+
 def test_greedy_and_beam_decoding():
     torch.manual_seed(0)
     model = Transformer(SMALL).eval()
     src = tokens(3, 6, 7)
-    greedy = greedy_decode(model, src, 8)
+    greedy = predict(model, src, 8)
+    assert torch.equal(greedy, greedy_decode(model, src, 8)["tokens"])
     one, _ = beam_search(model, src, 8, beam_size=1)
     assert torch.equal(greedy, one)
     four, scores = beam_search(model, src, 8, beam_size=4)
-    assert four.shape[0] == 3 and scores.shape == (3,)
+    assert four.shape[0] == 3 and scores.shape == (3,) and torch.equal(four, predict(model, src, 8, beam_size=4))
     for row in four:  # PAD only after an EOS
         ends = (row == EOS).nonzero()
         if len(ends):
             assert (row[ends[0, 0] + 1:] == PAD).all()
-    assert length_penalty(torch.tensor(1), 0.6) == 1.0
+    maps = attention_maps(model.train(), src, 8)
+    assert torch.equal(maps["output"], greedy) and model.training  # decoded in eval mode, the mode restored
 
 
 def test_beam_search_finds_a_better_sequence_than_greedy():
@@ -179,7 +196,7 @@ def test_beam_search_finds_a_better_sequence_than_greedy():
 
     model = Toy(SMALL).eval()
     src = tokens(1, 4)
-    assert greedy_decode(model, src, 5)[0, 0] == 3
+    assert greedy_decode(model, src, 5)["tokens"][0, 0] == 3
     assert beam_search(model, src, 5, beam_size=2)[0][0, 0] == 4
 
 
@@ -235,6 +252,7 @@ def test_cooldown_ramps_the_schedule_to_zero():
 
 def _bad_transformer_calls():
     from attn_course import transformer as tr
+    from attn_course.experiments import transformer as experiment
 
     model = Transformer(TransformerConfig(vocab_size=VOCAB_SIZE, d_model=16, heads=2, d_ff=32, encoder_layers=1,
                                           decoder_layers=1, dropout=0.0, max_len=32)).eval()
@@ -268,16 +286,20 @@ def _bad_transformer_calls():
         (ValueError, "factor", lambda: tr.noam_lr(1, 16, 10, factor=0.0)),
         (ValueError, "total_steps", lambda: tr.noam_optimizer(model, 16, 10, total_steps=0)),
         (ValueError, "cooldown", lambda: tr.noam_optimizer(model, 16, 10, cooldown=0.3)),
-        (ValueError, "max_len", lambda: tr.greedy_decode(model, src, 0)),
+        (ValueError, "max_len", lambda: tr.predict(model, src, 0)),
+        (ValueError, "max_len", lambda: tr.predict(model, src, 0, beam_size=2)),
         (ValueError, "max_len", lambda: tr.beam_search(model, src, 0)),
         (ValueError, "beam_size", lambda: tr.beam_search(model, src, 5, beam_size=0)),
         (ValueError, "beam_size", lambda: tr.predict(model, src, 5, beam_size=0)),
-        (ValueError, "predicted and target", lambda: tr.same_sequences(src, src[0])),
-        (ValueError, "batch_size", lambda: tr.exact_match(model, None, batch_size=0)),
-        (ValueError, "batch_size", lambda: tr.alignment_hits(model, None, batch_size=0)),
-        (ValueError, "task 'add'.*copy, reverse, sort, dates", lambda: tr.train_transformer("add", device="cpu")),
-        (ValueError, "steps", lambda: tr.train_transformer("copy", device="cpu", steps=0, progress=False)),
-        (ValueError, "batch_size", lambda: tr.train_transformer("copy", device="cpu", batch_size=0, progress=False)),
+        (ValueError, "predicted and target", lambda: experiment.same_sequences(src, src[0])),
+        (ValueError, "batch_size", lambda: experiment.exact_match(model, None, batch_size=0)),
+        (ValueError, "batch_size", lambda: experiment.alignment_hits(model, None, batch_size=0)),
+        (ValueError, "task 'add'; choose one of: copy, reverse, sort, dates",
+         lambda: train_model("transformer", "add", device="cpu")),
+        (ValueError, "steps must be a positive int",
+         lambda: train_model("transformer", "copy", device="cpu", steps=0, progress=False)),
+        (ValueError, "batch_size must be a positive int",
+         lambda: train_model("transformer", "copy", device="cpu", batch_size=0, progress=False)),
     ]
 
 

@@ -121,6 +121,11 @@ def test_no_attention_flag_selects_the_noattn_variant(monkeypatch, tmp_path, cap
     assert seen["task"] == "recurrent-noattn"
     assert main(["train", "r2am", "--no-attention", "--out", out]) == 2
     assert seen["task"] == "recursive-noattn"
+    monkeypatch.setattr(registry, "get_spec", get_spec)
+    monkeypatch.setattr(registry, "train_model", lambda spec, task, **options: Recorder.train(task))
+    for model, task, without in (("draw", "mnist_paper", "mnist_paper-noattn"), ("sat", "soft", "noattn")):
+        assert main(["train", model, "--task", task, "--no-attention", "--out", out]) == 2
+        assert seen["task"] == without
     monkeypatch.setattr(registry, "get_spec", lambda name: spec)
     assert main(["train", "r2am", "--variant", "recursive-noattn", "--no-attention", "--out", out]) == 2
     assert "no variant without attention" in capsys.readouterr().err

@@ -225,13 +225,14 @@ def test_a_short_training_run_learns_and_evaluates(scenes):
 
 def test_registered_for_the_command_line():
     spec = get_spec("sat")
-    assert spec.tasks == ("soft", "hard", "none") and spec.default_task == "soft"
+    assert spec.tasks == ("soft", "hard", "noattn") and spec.default_task == "soft"
+    assert spec.model_config("noattn")["attention"] == "none"
     config = spec.model_config("hard")
     model = spec.build(config)
     assert isinstance(model, ShowAttendTell) and model.config.attention == "hard"
     for name in ("E", "L_o", "L_h", "L_z", "f_att", "f_beta", "f_init_h", "f_init_c"):
         assert hasattr(model, name)
-    with pytest.raises(ValueError, match="no task 'medium'; choose one of: soft, hard, none"):
+    with pytest.raises(ValueError, match="no task 'medium'; choose one of: soft, hard, noattn"):
         spec.model_config("medium")
 
 
@@ -246,7 +247,7 @@ def test_finer_grid_has_four_pixel_cells():
 def test_the_course_model_has_a_16_by_16_grid():
     config = SATConfig()
     assert (config.cell, config.grid, config.L) == (4, 16, 256)
-    assert get_spec("sat").model_config("none")["cell"] == 4  # the baseline shares the encoder
+    assert get_spec("sat").model_config("noattn")["cell"] == 4  # the baseline shares the encoder
 
 
 def test_shipped_captioners_with_attention_beat_the_one_without():
@@ -256,10 +257,10 @@ def test_shipped_captioners_with_attention_beat_the_one_without():
     from attn_course.checkpoints import PRETRAINED_DIR, available_pretrained, read_card
 
     shipped = {name.removeprefix("sat-") for name in available_pretrained() if name.startswith("sat-")}
-    assert {"soft", "hard", "none"} <= shipped, "ship soft and hard with the no-attention baseline they beat"
-    metrics = {v: read_card(PRETRAINED_DIR / f"sat-{v}.pt")["metrics"] for v in ("soft", "hard", "none")}
+    assert {"soft", "hard", "noattn"} <= shipped, "ship soft and hard with the no-attention baseline they beat"
+    metrics = {v: read_card(PRETRAINED_DIR / f"sat-{v}.pt")["metrics"] for v in ("soft", "hard", "noattn")}
     for variant in ("soft", "hard"):
-        assert metrics[variant]["bleu4_relational"] >= metrics["none"]["bleu4_relational"] + 10
+        assert metrics[variant]["bleu4_relational"] >= metrics["noattn"]["bleu4_relational"] + 10
 
 
 def test_noun_phrases_start_at_each_article_and_misses_are_counted_by_phrase():
@@ -322,7 +323,7 @@ def _bad_sat_calls():
                                                                         torch.ones(2, 1, 8, 8))),
         (ValueError, "batch_size", lambda: experiment.evaluate_captions(model, None, batch_size=0)),
         (ValueError, "batch_size", lambda: experiment.attention_hit_by_phrase(model, None, batch_size=0)),
-        (ValueError, "task 'soft2'; choose one of: soft, hard, none",
+        (ValueError, "task 'soft2'; choose one of: soft, hard, noattn",
          lambda: train_model("sat", "soft2", device="cpu")),
         (ValueError, "steps must be a positive int",
          lambda: train_model("sat", "soft", device="cpu", steps=0, progress=False)),

@@ -9,7 +9,6 @@ from attn_course.draw import (CPU_CONFIG, DRAW, PAPER_CONFIG, DRAWConfig, Window
                               filterbank, gaussian_kl, grid_centres, grid_points, importance_sampled_log_likelihood,
                               negative_elbo, read, read_loop, read_no_attention, window_box, write)
 from attn_course.experiments.draw import config_for, evaluate_bound
-from attn_course.registry import train_model
 from mnist_files import needs_mnist
 
 TINY = DRAWConfig(A=12, B=9, T=4, read_N=3, write_N=4, enc_size=32, dec_size=32, z_size=5)
@@ -296,12 +295,6 @@ def _bad_draw_calls():
         (ValueError, "K", lambda: importance_sampled_log_likelihood(tiny, torch.rand(2, 1, 28, 28), 0)),
         (ValueError, "task 'cifar'.*mnist", lambda: config_for("cifar")),
         (ValueError, "batch_size", lambda: evaluate_bound(tiny, None, batch_size=0)),
-        (ValueError, "steps", lambda: train_model("draw", steps=0, device="cpu", progress=False)),
-        (ValueError, "batch_size", lambda: train_model("draw", batch_size=0, device="cpu", progress=False)),
-        (ValueError, "lr", lambda: train_model("draw", lr=0.0, device="cpu", progress=False)),
-        (ValueError, "task 'cifar'", lambda: train_model("draw", "cifar", device="cpu", progress=False)),
-        (TypeError, "config must be a DRAWConfig", lambda: train_model("draw", config={"T": 2}, device="cpu")),
-        (ValueError, "steps", lambda: train_model("draw", "mnist-noattn", steps=-1, device="cpu", progress=False)),
         (ValueError, "N must", lambda: draw.window_box(torch.tensor([14.0, 14.0, 2.0, 1.0, 1.0]), 0)),
         (ValueError, "window", lambda: draw.window_box(torch.tensor([14.0, 14.0, 2.0]), 5)),
         (ValueError, "window", lambda: grid_points(torch.zeros(2, 5), 5)),

@@ -249,15 +249,6 @@ def _bad_r2am_calls():
         (ValueError, "targets", lambda: experiment.character_error_rate(["a"], ["a", "b"])),
         (TypeError, "targets", lambda: experiment.character_error_rate("ab", "ab")),
         (ValueError, "batch_size", lambda: experiment.evaluate_reading(model, None, batch_size=0)),
-        (ValueError, "task 'dense'; choose one of: recursive", lambda: train_model("r2am", "dense", device="cpu")),
-        (ValueError, "steps must be a positive int",
-         lambda: train_model("r2am", device="cpu", steps=0, progress=False)),
-        (ValueError, "batch_size must be a positive int", lambda: train_model("r2am", device="cpu", batch_size=0,
-                                                                              progress=False)),
-        (ValueError, "lr must be a positive number", lambda: train_model("r2am", device="cpu", lr=-1.0,
-                                                                         progress=False)),
-        (TypeError, "config must be a R2AMConfig", lambda: train_model("r2am", device="cpu", config={"T": 3},
-                                                                       progress=False)),
     ]
 
 

@@ -112,3 +112,31 @@ def test_train_model_trains_with_the_recipe_and_records_the_model_config(tmp_pat
                               data=_TinyData(), lr=1e-2)
     for a, b in zip(model.state_dict().values(), again.state_dict().values()):
         assert torch.equal(a, b), "the same seed trains the same weights"
+
+
+def _bad_training_calls():
+    calls = []
+    for spec in all_specs():
+        task = spec.default_task
+        calls += [
+            (spec.name, ValueError, f"model '{spec.name}' has no task 'nonsense'; choose one of: {', '.join(spec.tasks)}",
+             dict(task="nonsense")),
+            (spec.name, ValueError, "steps must be a positive int", dict(task=task, steps=0)),
+            (spec.name, ValueError, "batch_size must be a positive int", dict(task=task, batch_size=-1)),
+            (spec.name, ValueError, "lr must be a positive number", dict(task=task, lr=float("nan"))),
+            (spec.name, TypeError, f"config must be a {spec.config_class.__name__} or None, got dict",
+             dict(task=task, config={"T": 2})),
+        ]
+    return calls
+
+
+BAD_TRAINING_CALLS = _bad_training_calls()
+
+
+@pytest.mark.parametrize("name, error, message, options", BAD_TRAINING_CALLS,
+                         ids=[f"{c[0]}-{next(iter(c[3].keys() - {'task'}), 'task')}" for c in BAD_TRAINING_CALLS])
+def test_bad_training_arguments_are_refused_before_anything_runs(name, error, message, options):
+    options = dict(options)
+    task = options.pop("task")
+    with pytest.raises(error, match=message.replace("(", r"\(").replace(")", r"\)")):
+        train_model(name, task, device="cpu", progress=False, **options)

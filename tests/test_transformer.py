@@ -8,7 +8,6 @@ import torch.nn.functional as F
 
 from attn_course.data.sequences import BOS, EOS, PAD, VOCAB_SIZE
 from attn_course.decoding import greedy_decode
-from attn_course.registry import train_model
 from attn_course.transformer import (EncoderLayer, MultiHeadAttention, Transformer, TransformerConfig, attention_maps,
                                      beam_search, causal_mask, label_smoothed_loss, noam_lr, noam_optimizer,
                                      padding_mask, parameter_count, pe_shift_matrix, positional_encoding, predict,
@@ -294,12 +293,6 @@ def _bad_transformer_calls():
         (ValueError, "predicted and target", lambda: experiment.same_sequences(src, src[0])),
         (ValueError, "batch_size", lambda: experiment.exact_match(model, None, batch_size=0)),
         (ValueError, "batch_size", lambda: experiment.alignment_hits(model, None, batch_size=0)),
-        (ValueError, "task 'add'; choose one of: copy, reverse, sort, dates",
-         lambda: train_model("transformer", "add", device="cpu")),
-        (ValueError, "steps must be a positive int",
-         lambda: train_model("transformer", "copy", device="cpu", steps=0, progress=False)),
-        (ValueError, "batch_size must be a positive int",
-         lambda: train_model("transformer", "copy", device="cpu", batch_size=0, progress=False)),
     ]
 
 

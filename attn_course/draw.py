@@ -70,8 +70,7 @@ QUICK_CONFIG = DRAWConfig(T=8, enc_size=128, dec_size=128, z_size=20)  # the not
 # The write's starting intensity 1/gamma^ = e^4.5 = 90. Rows of F that each sum to 1 spread
 # a written value thinly: with sigma = 1.7 pixels, a unit of w adds about 0.06 to the logit
 # at a grid point, so with gamma^ = 1 the canvas can hardly leave its starting value. At
-# 1/gamma^ = 90 a unit of w adds about 5. Measured on the quick configuration (1,200 steps,
-# learning rate 3e-3): test bound 139.2 nats, against 188.5 with gamma^ = 1.
+# 1/gamma^ = 90 a unit of w adds about 5 (book/measurements.md has the runs behind the choice).
 WRITE_LOG_GAMMA_INIT = -4.5
 
 

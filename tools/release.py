@@ -46,8 +46,9 @@ if "google.colab" in sys.modules:  # Colab: install the course; elsewhere: nothi
     torch_version = version("torch")  # Colab's own build: pinned, so pip keeps it
     source = "git+{url}@{tag}"
     %pip install -q "attn-course @ {{source}}" "torch=={{torch_version}}"
-    print(f"attn-course {{version('attn-course')}} installed from {tag};", ", ".join(
-        f"{{name}} {{version(name)}}" for name in {shown}))'''
+    shown = {shown}
+    print(f"attn-course {{version('attn-course')}} installed from {tag};",
+          ", ".join(f"{{name}} {{version(name)}}" for name in shown))'''
 
 
 class ReleaseError(Exception):

@@ -107,8 +107,6 @@ def evaluate_reading(model: R2AM, data, splits=("test_words", "test_random"), be
     return out
 
 
-
-
 def _evaluate(model, task: str, device) -> tuple[dict[str, float], int]:
     data = TextLines(device=device)
     return evaluate_reading(model, data), 2 * data.config.test_size

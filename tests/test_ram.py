@@ -1,6 +1,5 @@
 """RAM: the glimpse sensor against a plain loop, shapes and errors, the policy gradient, learning."""
 
-
 import pytest
 import torch
 

@@ -24,6 +24,7 @@ out of memory, a training loss that is no longer finite) ends the command with o
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import platform
 import re
@@ -190,9 +191,37 @@ def _with_attention_flag(spec, args: argparse.Namespace) -> str | None:
     return task
 
 
-def _unfinished_run(spec, task: str) -> dict:
+def _unfinished_run(spec, task: str, config) -> dict:
     """What a training state of this command must hold to be resumed by it: model, task and config."""
-    return {"model": spec.name, "task": task, "model_config": dict(spec.model_config(task))}
+    return {"model": spec.name, "task": task, "model_config": spec.config_dict(config)}
+
+
+def _parse_value(text: str, like):
+    """``text`` as a value of the type of ``like`` (bool, int, float or str)."""
+    if isinstance(like, bool):
+        if text.lower() not in ("true", "false"):
+            raise ValueError(f"expected true or false, got {text!r}")
+        return text.lower() == "true"
+    if isinstance(like, (int, float)):
+        return type(like)(text)
+    return text
+
+
+def _config_with(spec, task: str, settings: list[str]):
+    """The task's config with ``--set KEY=VALUE`` changes: only the config's own fields, in their own types."""
+    config = spec.config(task)
+    changes = {}
+    for setting in settings:
+        key, sep, text = setting.partition("=")
+        if not sep or not hasattr(config, key) or key.startswith("_"):
+            names = ", ".join(f.name for f in dataclasses.fields(config))
+            raise ValueError(f"--set expects KEY=VALUE with KEY a field of {type(config).__name__} ({names}), "
+                             f"got {setting!r}")
+        try:
+            changes[key] = _parse_value(text, getattr(config, key))
+        except ValueError as error:
+            raise ValueError(f"--set {key}: {error}") from None
+    return dataclasses.replace(config, **changes)  # the config validates the new values
 
 
 def cmd_train(args: argparse.Namespace, argv: list[str]) -> int:
@@ -207,7 +236,8 @@ def cmd_train(args: argparse.Namespace, argv: list[str]) -> int:
     if out.suffix != ".pt":
         raise ValueError(f"--out must name a .pt file, got {out}")
     state_path = out.with_suffix(".state")
-    run = _unfinished_run(spec, task)
+    config = _config_with(spec, task, args.set or [])
+    run = _unfinished_run(spec, task, config)
     check_writable(out)  # before the first step: an unwritable --out must not cost a training run
     with output_lock(out):  # a second run on the same --out stops here, before it writes anything
         check_resumable(state_path, run)  # a state left by another model, task or config is not resumed
@@ -216,7 +246,8 @@ def cmd_train(args: argparse.Namespace, argv: list[str]) -> int:
             # fit stores the run in the training state and checks it on resume
             model, result, data_description = train_model(
                 spec, task, profile=profile, device=device, seed=args.seed, checkpoint_path=state_path,
-                progress=not args.no_progress, steps=args.steps, batch_size=args.batch_size, extra_state=run)
+                progress=not args.no_progress, steps=args.steps, batch_size=args.batch_size, extra_state=run,
+                config=config)
         except NonFiniteLossError as error:
             kept = f"; the last saved state is kept in {state_path}" if state_path.exists() else ""
             raise CommandError(f"training {spec.name} on {task} stopped: {error}{kept}") from error
@@ -242,7 +273,7 @@ def cmd_train(args: argparse.Namespace, argv: list[str]) -> int:
             "history": result.history.state_dict(),
         }
         try:
-            weights, card_path = save_pretrained(model, spec.model_config(task), card, out)
+            weights, card_path = save_pretrained(model, run["model_config"], card, out)
         except OSError as error:
             raise CommandError(f"{_naming(out, error)}; the trained state is kept in {state_path}: "
                                "run the same command again to write it") from error
@@ -317,19 +348,21 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--steps", type=_positive_int, help="training steps (default: the profile's)")
     train.add_argument("--batch-size", type=_positive_int, help="examples per step (default: the recipe's; on a GPU "
                        "a larger batch costs little time per step)")
-    train.add_argument("--no-attention", action="store_true", help="the variant without attention (r2am)")
+    train.add_argument("--no-attention", action="store_true", help="the variant without attention (draw, sat, r2am)")
+    train.add_argument("--set", action="append", metavar="KEY=VALUE",
+                       help="change one field of the model's config (e.g. --set lambda_=1.0); repeatable")
     train.add_argument("--device")
     train.add_argument("--no-progress", action="store_true", help="no progress bar (for logs)")
     evaluate = sub.add_parser("evaluate", help="evaluate a pretrained model; the last line is JSON")
     evaluate.add_argument("model")
     evaluate.add_argument("--task", "--variant", dest="task", help="the task or model variant")
-    evaluate.add_argument("--no-attention", action="store_true", help="the variant without attention (r2am)")
+    evaluate.add_argument("--no-attention", action="store_true", help="the variant without attention (draw, sat, r2am)")
     evaluate.add_argument("--checkpoint", help="a .pt file written by train (default: the shipped one)")
     evaluate.add_argument("--device")
     ship = sub.add_parser("ship", help="copy a trained model into the pretrained folder, re-evaluated with its card")
     ship.add_argument("model")
     ship.add_argument("--task", "--variant", dest="task", help="the task or model variant")
-    ship.add_argument("--no-attention", action="store_true", help="the variant without attention (r2am)")
+    ship.add_argument("--no-attention", action="store_true", help="the variant without attention (draw, sat, r2am)")
     ship.add_argument("--checkpoint", required=True, help="a .pt file written by train, with its card beside it")
     ship.add_argument("--float16", action="store_true", help="store the weights in half precision (half the size)")
     ship.add_argument("--to", default=None, help="the folder to write to (default: the package's pretrained folder)")

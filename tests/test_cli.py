@@ -80,6 +80,7 @@ def test_train_passes_variant_and_batch_size_to_the_recipe(monkeypatch, tmp_path
     class Recorder:
         name, description = spec.name, spec.description
         check_task, model_config = staticmethod(spec.check_task), staticmethod(spec.model_config)
+        config, config_dict = staticmethod(spec.config), staticmethod(spec.config_dict)
 
         @staticmethod
         def train(task, **kwargs):
@@ -108,6 +109,7 @@ def test_no_attention_flag_selects_the_noattn_variant(monkeypatch, tmp_path, cap
     class Recorder:
         name, description, tasks, default_task = spec.name, spec.description, spec.tasks, spec.default_task
         check_task, model_config = staticmethod(spec.check_task), staticmethod(spec.model_config)
+        config, config_dict = staticmethod(spec.config), staticmethod(spec.config_dict)
 
         @staticmethod
         def train(task, **kwargs):
@@ -195,6 +197,7 @@ def fake_spec(monkeypatch, train=None, evaluate=None):
         name, description, tasks, default_task = spec.name, spec.description, spec.tasks, spec.default_task
         check_task, model_config, build = (staticmethod(spec.check_task), staticmethod(spec.model_config),
                                            staticmethod(spec.build))
+        config, config_dict = staticmethod(spec.config), staticmethod(spec.config_dict)
 
         @staticmethod
         def train(task, **kwargs):
@@ -542,3 +545,23 @@ def test_errors_are_one_line_without_traceback_from_the_shell(tmp_path):
     assert run.returncode == 2 and "Traceback" not in run.stderr
     assert run.stderr.strip() == ("error: unknown device 'tpu' (from ATTN_COURSE_DEVICE); valid devices: cpu, cuda, "
                                   "cuda:N (N = 0, 1, ...), mps")
+
+
+def test_set_changes_the_config_that_is_trained_and_recorded(monkeypatch, tmp_path, capsys):
+    import attn_course.registry as registry
+
+    seen = {}
+
+    def record(spec, task, **options):
+        seen.update(options, task=task)
+        raise ValueError("recorded")
+
+    monkeypatch.setattr(registry, "train_model", record)
+    out = str(tmp_path / "x.pt")
+    assert main(["train", "sat", "--task", "soft", "--set", "lambda_=1.0", "--set", "gate=false", "--out", out]) == 2
+    assert seen["config"].lambda_ == 1.0 and seen["config"].gate is False and seen["config"].attention == "soft"
+    assert seen["extra_state"]["model_config"]["lambda_"] == 1.0  # a resume with other settings is refused
+    assert "bogus" in error_line(capsys, "train", "sat", "--set", "bogus=1", "--out", out)
+    assert "--set gate: expected true or false" in error_line(capsys, "train", "sat", "--set", "gate=maybe",
+                                                              "--out", out)
+    assert "--set T:" in error_line(capsys, "train", "r2am", "--set", "T=two", "--out", out)

@@ -232,6 +232,12 @@ class RecurrentAttentionModel(nn.Module):
         self.action_network = nn.Linear(config.hidden, config.num_classes)  # f_a(h_t; theta_a)
         self.baseline_network = nn.Linear(config.hidden, 1)  # b_t = f_b(h_t)
 
+    # Where the REINFORCE term's gradient goes. (1.3) takes it with respect to all of theta; by default
+    # (False) the location network reads a detached h_t, so REINFORCE trains the location network only
+    # and the core and glimpse networks learn from the classification loss alone. True follows (1.3):
+    # the gradient of log pi also reaches the core and glimpse networks. Chapter 1 measures both.
+    reinforce_core: bool = False
+
     def initial_state(self, batch: int, device):
         zeros = torch.zeros(batch, self.config.hidden, device=device)
         return (zeros, zeros.clone()) if self.config.core == "lstm" else zeros
@@ -282,7 +288,7 @@ class RecurrentAttentionModel(nn.Module):
             baselines.append(self.baseline_network(h_t.detach()).squeeze(-1))
             logits.append(self.action_network(h_t))
             if t < steps - 1:
-                mu = torch.tanh(self.location_network(h_t.detach()))
+                mu = torch.tanh(self.location_network(h_t if self.reinforce_core else h_t.detach()))
                 if locations is not None:
                     l_next = locations[t + 1]
                 elif sample:

@@ -254,3 +254,20 @@ BAD_RAM_CALLS = _bad_ram_calls()
 def test_bad_ram_input_gets_a_clear_error_naming_the_argument(error, match, call):
     with pytest.raises(error, match=match):
         call()
+
+
+def test_the_reinforce_term_reaches_the_core_only_when_asked():
+    model = RecurrentAttentionModel(RAMConfig(num_glimpses=3, hidden=16, glimpse_hidden=8, glimpse_features=16))
+    images = torch.rand(4, 1, 28, 28)
+    reached = {}
+    for flag in (False, True):  # the course's default, and (1.3)'s gradient with respect to all of theta
+        model.reinforce_core = flag
+        model.zero_grad()
+        out = model(images, generator=torch.Generator().manual_seed(1))
+        (-out["log_pi"].sum()).backward()  # the REINFORCE term alone, for a constant advantage of 1
+        reached[flag] = {name: p.grad is not None and bool(p.grad.abs().sum() > 0)
+                         for name, p in model.named_parameters()}
+    assert reached[False]["location_network.weight"] and reached[True]["location_network.weight"]
+    core = [name for name in reached[True] if name.startswith(("core_network", "glimpse_network"))]
+    assert core and not any(reached[False][name] for name in core)
+    assert all(reached[True][name] for name in core if name.startswith("core_network"))

@@ -21,7 +21,7 @@ timed = @start=$$(date +%s); $(2); status=$$?; \
 	echo "[make] $(1): $$(( $$(date +%s) - start )) s"; exit $$status
 
 .PHONY: setup browser book test quick unit unit-quick notebooks nbval book-build book-strict browser-test \
-	stress info clean
+	stress info clean student
 
 $(STAMP): pyproject.toml
 	@start=$$(date +%s); \
@@ -87,6 +87,10 @@ quick: unit-quick
 
 # Hang stress test: every notebook K times with a short cell timeout; prints hangs per notebook.
 K ?= 3
+# The student edition: solutions removed, implement-it cells stubbed, in _build/student/
+student: setup
+	$(BIN)/python tools/student_edition.py
+
 stress: setup
 	$(BIN)/python tools/execute_notebooks.py --repeat $(K) --cell-timeout 300 --idle-limit 60 --retry-hangs 0 --no-cache
 

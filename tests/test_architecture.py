@@ -14,7 +14,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "attn_course"
 
 SHARED = {"runtime", "history", "checkpoints", "viz", "attention", "decoding", "data"}  # used by every layer above
 TRAINING = {"train", "spec"}  # the one training loop, and what a chapter declares for it
-TOP = {"registry", "__main__", "__init__", "experiments", "widgets"}
+TOP = {"registry", "__main__", "__init__", "experiments", "widgets", "exercises"}
 PAPERS = {p.stem for p in PACKAGE.glob("*.py")} - SHARED - TRAINING - TOP  # one module per paper
 
 ALLOWED = {  # layer -> the layers it may import
@@ -24,6 +24,7 @@ ALLOWED = {  # layer -> the layers it may import
     "paper": {"shared"},
     "experiments": {"shared", "train", "spec", "paper"},
     "widgets": {"shared", "paper", "experiments", "widgets"},
+    "exercises": {"shared", "paper", "experiments", "exercises"},
     "registry": {"shared", "train", "spec", "paper", "experiments"},
     "__main__": {"shared", "train", "spec", "registry", "package"},
     "package": set(),
@@ -40,7 +41,8 @@ def layer_of(module: str) -> str:
     if top in PAPERS:
         return "paper"
     return {"train": "train", "spec": "spec", "registry": "registry", "__main__": "__main__",
-            "experiments": "experiments", "widgets": "widgets", "__init__": "package"}[top]
+            "experiments": "experiments", "widgets": "widgets", "exercises": "exercises",
+            "__init__": "package"}[top]
 
 
 def module_name(path: Path) -> str:

@@ -18,7 +18,9 @@ cases) and :func:`report` (the success line).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping, Sequence
+import re
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -100,24 +102,39 @@ def compare(got: Any, expected: Any, what: str, case: Case | None = None, atol: 
                          f"{float(expected_f[index]):.6g} (largest difference {float(difference.max()):.3g})")
 
 
+def call_student(student: Callable, args: Sequence[Any], what: str, name: str,
+                 kwargs: Mapping[str, Any] | None = None, hints: Mapping[str, str] | None = None) -> Any:
+    """``student(*args, **kwargs)``, turning a failure into an :class:`ExerciseFailed` that says what happened.
+
+    A stub that still raises ``NotImplementedError`` is "not implemented yet"; any other error names the case
+    (and keeps the traceback). ``hints`` maps a piece of an error message (e.g. a shape mismatch that a typical
+    mistake causes) to advice added to the message.
+    """
+    if not callable(student):
+        raise ExerciseFailed(f"{what}: expected a function, got {type(student).__name__}")
+    try:
+        return student(*args, **(kwargs or {}))
+    except NotImplementedError:
+        raise ExerciseFailed(f"{what}: not implemented yet (the function still raises NotImplementedError)") \
+            from None
+    except Exception as error:  # the student's code failed: say where, keep the traceback
+        advice = "".join(f" ({hint})" for piece, hint in (hints or {}).items() if piece in str(error))
+        raise ExerciseFailed(f"{what} ({name}): your function raised {type(error).__name__}: {error}{advice}") \
+            from error
+
+
 def run_cases(student: Callable, reference: Callable, cases: Iterable[Case], what: str, atol: float = 1e-5,
-              rtol: float = 1e-4, gradient_of: Sequence[int] = ()) -> int:
+              rtol: float = 1e-4, gradient_of: Sequence[int] = (), hints: Mapping[str, str] | None = None) -> int:
     """Compare ``student`` with ``reference`` on every case; with ``gradient_of`` (argument positions), also the
-    gradients of the summed output with respect to those arguments. Returns the number of cases."""
+    gradients of the summed output with respect to those arguments. ``hints``: see :func:`call_student`.
+    Returns the number of cases."""
     if not callable(student):
         raise ExerciseFailed(f"{what}: expected a function, got {type(student).__name__}")
     count = 0
     for case in cases:
         expected = reference(*case.args, **case.kwargs)
         args = [a.detach().clone().requires_grad_(True) if i in gradient_of else a for i, a in enumerate(case.args)]
-        try:
-            got = student(*args, **case.kwargs)
-        except NotImplementedError:
-            raise ExerciseFailed(f"{what}: not implemented yet (the function still raises NotImplementedError)") \
-                from None
-        except Exception as error:  # the student's code failed: say where, keep the traceback
-            raise ExerciseFailed(f"{what} ({case.name}): your function raised {type(error).__name__}: {error}") \
-                from error
+        got = call_student(student, args, what, case.name, case.kwargs, hints)
         compare(got, expected, what, case, atol, rtol)
         if gradient_of:
             _compare_gradients(got, args, reference, case, what, gradient_of, atol, rtol)
@@ -147,3 +164,20 @@ def _compare_gradients(got, args, reference, case: Case, what: str, positions: S
 def report(what: str, count: int, extra: str = "") -> None:
     """Print the line a student sees when a checker passes."""
     print(f"\N{CHECK MARK} {what}: matches the reference on {count} cases{extra}")
+
+
+@contextmanager
+def named(values: Sequence[str] = (), arguments: Sequence[str] = ()) -> Iterator[None]:
+    """Inside this block, messages of :func:`run_cases` that say which output ("value 0") or which argument
+    ("argument 2") they are about are rewritten to name it as the exercise does."""
+    try:
+        yield
+    except ExerciseFailed as failed:
+        message = str(failed)
+        for number, name in enumerate(values):
+            message = message.replace(f", value {number} ", f", the returned {name} ")
+        for number, name in enumerate(arguments):
+            message = re.sub(rf"\bargument {number}(?=[ :]|$)", f"`{name}`", message)
+        if message == str(failed):
+            raise
+        raise ExerciseFailed(message).with_traceback(failed.__traceback__) from failed.__cause__

@@ -8,27 +8,10 @@ per-dimension term of L^z in (2.5).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
-from typing import Any
-
 import torch
 
 from ..draw import filterbank, gaussian_kl, read
-from . import Case, ExerciseFailed, compare, report, run_cases
-
-
-def _call(student: Callable, args: Sequence[Any], what: str, name: str,
-          kwargs: Mapping[str, Any] | None = None) -> Any:
-    """``student(*args)``, with the messages of :func:`~attn_course.exercises.run_cases` when it cannot run."""
-    if not callable(student):
-        raise ExerciseFailed(f"{what}: expected a function, got {type(student).__name__}")
-    try:
-        return student(*args, **(kwargs or {}))
-    except NotImplementedError:
-        raise ExerciseFailed(f"{what}: not implemented yet (the function still raises NotImplementedError)") \
-            from None
-    except Exception as error:  # the student's code failed: say where, keep the traceback
-        raise ExerciseFailed(f"{what} ({name}): your function raised {type(error).__name__}: {error}") from error
+from . import Case, ExerciseFailed, call_student, compare, report, run_cases
 
 
 # --------------------------------------------------------------------------- the filterbank (2.7)-(2.8)
@@ -109,7 +92,7 @@ def check_filterbank(student) -> None:
     what = "the filterbank (2.7)-(2.8)"
     cases = _window_cases()
     for case in cases:
-        got = _call(student, case.args, what, case.name)
+        got = call_student(student, case.args, what, case.name)
         F_X, F_Y = filterbank(*case.args)
         if not isinstance(got, (tuple, list)) or len(got) != 2 or not all(isinstance(v, torch.Tensor) for v in got):
             raise ExerciseFailed(f"{what} ({case.name}): expected a tuple (F_X, F_Y) of two tensors, got "
@@ -227,7 +210,7 @@ def check_gaussian_kl(student) -> None:
     what = "the KL term (2.2)"
     cases = _kl_cases()
     probe = cases[1]
-    got = _call(student, probe.args, what, probe.name)
+    got = call_student(student, probe.args, what, probe.name)
     expected = gaussian_kl(*probe.args)
     if isinstance(got, torch.Tensor) and got.shape != expected.shape and got.numel() < expected.numel():
         raise ExerciseFailed(f"{what} ({probe.name}): expected shape {tuple(expected.shape)}, the shape of mu, got "

@@ -12,35 +12,20 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from collections.abc import Callable
 
 import torch
 
 from ..decoding import soft_context
 from ..show_attend_tell import doubly_stochastic_penalty
-from . import Case, ExerciseFailed, compare, report, run_cases
+from . import Case, ExerciseFailed, call_student, compare, report, run_cases
 
 F64 = torch.float64
 
 
-def _call(student: Callable, args: Sequence[Any], what: str, name: str,
-          kwargs: Mapping[str, Any] | None = None) -> Any:
-    """``student(*args)``, with the messages of :func:`~attn_course.exercises.run_cases` when it cannot run."""
-    if not callable(student):
-        raise ExerciseFailed(f"{what}: expected a function, got {type(student).__name__}")
-    try:
-        return student(*args, **(kwargs or {}))
-    except NotImplementedError:
-        raise ExerciseFailed(f"{what}: not implemented yet (the function still raises NotImplementedError)") \
-            from None
-    except Exception as error:  # the student's code failed: say where, keep the traceback
-        raise ExerciseFailed(f"{what} ({name}): your function raised {type(error).__name__}: {error}") from error
-
-
 def _check_batch_shape(student: Callable, case: Case, expected: torch.Tensor, what: str, per: str) -> None:
     """Name the most common shape mistake, a result reduced over the batch, before comparing values."""
-    got = _call(student, case.args, what, case.name, case.kwargs)
+    got = call_student(student, case.args, what, case.name, case.kwargs)
     if isinstance(got, torch.Tensor) and got.shape != expected.shape and got.numel() < expected.numel():
         raise ExerciseFailed(f"{what} ({case.name}): expected shape {tuple(expected.shape)}, one value per {per}, "
                              f"got {tuple(got.shape)}: do not sum or average over the batch (the loss averages "
@@ -220,7 +205,7 @@ def _hard_gradient_check(student: Callable, case: Case, what: str) -> None:
         return [g if g is not None else torch.zeros_like(v)
                 for g, v in zip(torch.autograd.grad((out * weights).sum(), leaves, allow_unused=True), leaves)]
 
-    got = gradients(lambda *args: _call(student, args, what, case.name), check=True)
+    got = gradients(lambda *args: call_student(student, args, what, case.name), check=True)
     expected = gradients(reference_hard_attention_loss)
     b, sampled, lambda_r, lambda_e = case.args[3:]
     undetached = gradients(lambda y, s, h, *rest: -(y + lambda_r * (y - b) * sampled * s + lambda_e * h))
@@ -310,7 +295,7 @@ def check_update_baseline(student) -> None:
     count = run_cases(student, reference_update_baseline, cases, what)
     case = cases[1]
     log_p_y = case.args[1].clone().requires_grad_(True)
-    got = _call(student, (case.args[0], log_p_y, *case.args[2:]), what, case.name, case.kwargs)
+    got = call_student(student, (case.args[0], log_p_y, *case.args[2:]), what, case.name, case.kwargs)
     if isinstance(got, torch.Tensor) and got.requires_grad:
         raise ExerciseFailed(f"{what} ({case.name}): the new baseline carries a gradient from log_p_y: compute it "
                              "from log_p_y.detach() or under torch.no_grad(). b is a constant of the reward "

@@ -46,6 +46,7 @@ def test_the_edition_stubs_the_exercises_and_drops_only_the_solutions(tmp_path):
         book, student = (json.loads(p.read_text(encoding="utf-8")) for p in (path, tmp_path / path.name))
         text = "".join(edition.source(c) for c in student["cells"])
         assert edition.BEGIN not in text and ":::{admonition} Solution" not in text
+        assert ":::{admonition} Answer" not in text, "quiz answers stay out of the student edition"
         assert ":::{admonition} Solution" in "".join(edition.source(c) for c in book["cells"]), path.name
         assert [c["cell_type"] for c in student["cells"] if c["cell_type"] == "code"] == \
             [c["cell_type"] for c in book["cells"] if c["cell_type"] == "code"], "no code cell is lost"

@@ -17,8 +17,9 @@ student writes, with the course's reference code between a ``# BEGIN SOLUTION`` 
 
 In the student edition the lines from ``# BEGIN SOLUTION`` to ``# END SOLUTION`` become one
 ``raise NotImplementedError(...)`` at their indentation, so the checker's call reports "not
-implemented yet" until the student writes the code. Markdown solutions (``:::{admonition}
-Solution ...`` blocks, folded in the book) are removed. Everything else is copied as it is;
+implemented yet" until the student writes the code. Markdown solutions and quiz answers
+(``:::{admonition} Solution ...`` and ``:::{admonition} Answer`` blocks, folded in the book)
+are removed. Everything else is copied as it is;
 the notebooks stay output-free. The book itself keeps the references and the folded
 solutions. Each implement-it cell must run on its own (it imports what it uses), so that
 ``tests/test_student_edition.py`` can check every stub fails and every reference passes.
@@ -35,7 +36,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 TAG = "implement-it"
 BEGIN, END = "# BEGIN SOLUTION", "# END SOLUTION"
-SOLUTION_BLOCK = re.compile(r"^:::\{admonition\} Solution[^\n]*\n.*?^:::[ \t]*\n?", re.MULTILINE | re.DOTALL)
+SOLUTION_BLOCK = re.compile(r"^:::\{admonition\} (?:Solution|Answer)[^\n]*\n.*?^:::[ \t]*\n?", re.MULTILINE | re.DOTALL)
 STUB = 'raise NotImplementedError("write this function: see the exercise above")'
 
 

@@ -22,6 +22,7 @@ EARLIER_CONFIGS = {
     # the whole-image baselines: a cosine over 80,000 steps since issue 18 (before: a constant rate, 20,000 steps)
     ("fc", "mnist28", "full"): TrainConfig(80_000, 128, 1e-3, 0, 50, 16_000, 2000, None, None),
     ("conv", "translated60", "quick"): TrainConfig(1500, 128, 1e-3, 0, 50, 0, 0, None, None),
+    ("fc", "cluttered60", "full"): TrainConfig(20_000, 128, 1e-3, 0, 50, 0, 500, None, None),
 }
 
 

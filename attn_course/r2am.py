@@ -7,10 +7,11 @@ Equation numbers are those of chapter 4 of the course book.
 
 The CNN's two blocks are one of three kinds of equal depth (``T + 1`` convolutions each):
 
-* **recursive** (4.1): the same 3 x 3 convolution w^hh applied T + 1 times, the input
-  entering only at t = 0::
+* **recursive** (4.1): a feed-forward convolution w^f of the input at t = 0, then one
+  3 x 3 convolution w^hh applied T times, the input entering only at t = 0 (the paper's
+  form; ``first_kernel="shared"`` is the seed's, where w^hh reads the input too)::
 
-      h(0) = sigma(w^hh * x + b),   h(t) = sigma(w^hh * h(t-1) + b),  t = 1..T
+      h(0) = sigma(w^f * x + b^f),   h(t) = sigma(w^hh * h(t-1) + b),  t = 1..T
 
 * **recurrent** (4.2): a feed-forward convolution w^f of the input at every step plus a
   recurrent one w^r of the state, tied across steps (or untied)::
@@ -53,6 +54,7 @@ from .decoding import SoftAttention, beam_search, greedy_decode, soft_context
 from .runtime import evaluating
 
 BLOCKS = ("recursive", "recurrent", "plain")
+FIRST_KERNELS = ("separate", "shared")  # the recursive block's t = 0 kernel: its own w^f, or w^hh
 
 
 @dataclass(frozen=True)
@@ -62,6 +64,7 @@ class R2AMConfig:
     block: str = "recursive"  # "recursive" (4.1), "recurrent" (4.2) or "plain"
     T: int = 2  # recursion / recurrence steps after t = 0: each block has T + 1 convolutions
     tied: bool = True  # recurrent block: one w^r for every step (False: one per step)
+    first_kernel: str = "separate"  # recursive block: own w^f at t = 0 (the paper) or "shared" w^hh (the seed)
     attention: str = "soft"  # "soft" or "none"
     c1: int = 16  # channels of the first block
     c2: int = 48  # channels of the second block
@@ -75,6 +78,8 @@ class R2AMConfig:
     def __post_init__(self):
         if self.block not in BLOCKS:
             raise ValueError(f"R2AMConfig.block must be one of {BLOCKS}, got {self.block!r}")
+        if self.first_kernel not in FIRST_KERNELS:
+            raise ValueError(f"R2AMConfig.first_kernel must be one of {FIRST_KERNELS}, got {self.first_kernel!r}")
         if self.attention not in ("soft", "none"):
             raise ValueError(f"R2AMConfig.attention must be 'soft' or 'none', got {self.attention!r}")
         for name in ("c1", "c2", "D", "m", "n", "att_hidden", "max_length"):
@@ -105,17 +110,24 @@ def _check_block(kind: str, channels: int, T: int) -> None:
 
 
 class RecursiveBlock(nn.Module):
-    """(4.1): one convolution w^hh applied T + 1 times; the input enters at t = 0 only."""
+    """(4.1): h(0) = sigma(w^f * x + b^f), then one convolution w^hh applied T times; the input enters at t = 0 only.
 
-    def __init__(self, channels: int, T: int):
+    ``first_kernel="shared"`` drops w^f and lets w^hh read the input too (the seed's form of (4.1)).
+    """
+
+    def __init__(self, channels: int, T: int, first_kernel: str = "separate"):
         super().__init__()
         _check_block("recursive", channels, T)
-        self.T = T
-        self.w_hh = nn.Conv2d(channels, channels, 3, padding=1)
+        if first_kernel not in FIRST_KERNELS:
+            raise ValueError(f"first_kernel must be one of {FIRST_KERNELS}, got {first_kernel!r}")
+        self.T, self.first_kernel = T, first_kernel
+        self.w_hh = nn.Conv2d(channels, channels, 3, padding=1) if T >= 1 or first_kernel == "shared" else None
+        self.w_f = nn.Conv2d(channels, channels, 3, padding=1) if first_kernel == "separate" else None
         self.norms = _norms(channels, T + 1)
 
     def forward(self, x: torch.Tensor, return_steps: bool = False):
-        h = F.relu(self.norms[0](self.w_hh(x)))
+        first = self.w_f if self.w_f is not None else self.w_hh
+        h = F.relu(self.norms[0](first(x)))
         steps = [h]
         for t in range(1, self.T + 1):
             h = F.relu(self.norms[t](self.w_hh(h)))
@@ -164,10 +176,10 @@ class PlainBlock(nn.Module):
         return steps if return_steps else h
 
 
-def make_block(kind: str, channels: int, T: int, tied: bool = True) -> nn.Module:
+def make_block(kind: str, channels: int, T: int, tied: bool = True, first_kernel: str = "separate") -> nn.Module:
     """A block of ``kind`` (one of :data:`BLOCKS`) with ``channels`` channels and T + 1 convolutions."""
     if kind == "recursive":
-        return RecursiveBlock(channels, T)
+        return RecursiveBlock(channels, T, first_kernel)
     if kind == "recurrent":
         return RecurrentBlock(channels, T, tied)
     if kind == "plain":
@@ -175,7 +187,8 @@ def make_block(kind: str, channels: int, T: int, tied: bool = True) -> nn.Module
     raise ValueError(f"unknown block {kind!r}; choose one of {BLOCKS}")
 
 
-def block_parameters(kind: str, channels: int, T: int, tied: bool = True, kernel: int = 3) -> int:
+def block_parameters(kind: str, channels: int, T: int, tied: bool = True, kernel: int = 3,
+                     first_kernel: str = "separate") -> int:
     """The parameter count of a block, by formula (4.3): k^2 C^2 per convolution, C per bias, 2C per batch norm."""
     _check_block(kind, channels, T)
     if kernel < 1:
@@ -183,7 +196,8 @@ def block_parameters(kind: str, channels: int, T: int, tied: bool = True, kernel
     conv = kernel * kernel * channels * channels
     norms = 2 * channels * (T + 1)
     if kind == "recursive":
-        return conv + channels + norms
+        kernels = 2 if first_kernel == "separate" and T >= 1 else 1  # w^f and w^hh, or one of them
+        return kernels * (conv + channels) + norms
     if kind == "recurrent":
         recurrent = (min(T, 1) if tied else T) * conv
         return conv + channels + recurrent + norms
@@ -210,9 +224,9 @@ class Encoder(nn.Module):
         conv = lambda i, o, k, p, s=1: nn.Sequential(nn.Conv2d(i, o, k, s, padding=p, bias=False),  # noqa: E731
                                                      nn.BatchNorm2d(o), nn.ReLU())
         self.stem = conv(1, c.c1, 3, 1, 2)
-        self.block1 = make_block(c.block, c.c1, c.T, c.tied)
+        self.block1 = make_block(c.block, c.c1, c.T, c.tied, c.first_kernel)
         self.transition = conv(c.c1, c.c2, 3, 1)
-        self.block2 = make_block(c.block, c.c2, c.T, c.tied)
+        self.block2 = make_block(c.block, c.c2, c.T, c.tied, c.first_kernel)
         self.to_columns = conv(c.c2, c.D, (HEIGHT // 8, 1), 0)
         self.position = nn.Parameter(torch.zeros(c.columns, c.D))
         nn.init.normal_(self.position, std=0.1)

@@ -6,7 +6,7 @@ import torch
 
 from attn_course.data.text_lines import HEIGHT, PAD, WIDTH, TextLineConfig, TextLines
 from attn_course.experiments.r2am import TASKS, alignment, character_error_rate, column_centres, evaluate_reading
-from attn_course.r2am import (BLOCKS, R2AM, PlainBlock, R2AMConfig, RecurrentBlock, RecursiveBlock, block_parameters,
+from attn_course.r2am import (BLOCKS, FIRST_KERNELS, R2AM, PlainBlock, R2AMConfig, RecurrentBlock, RecursiveBlock, block_parameters,
                               r2am_loss, read, read_line, receptive_field)
 from attn_course.registry import get_spec, train_model
 
@@ -32,17 +32,42 @@ def test_parameter_count_formula(kind, T):
     assert sum(p.numel() for p in untied.parameters()) == block_parameters("recurrent", 12, T, tied=False)
 
 
-def test_recursive_block_equals_a_plain_stack_with_tied_weights():
+@pytest.mark.parametrize("first_kernel", FIRST_KERNELS)
+def test_recursive_block_equals_a_plain_stack_with_tied_weights(first_kernel):
+    """Unrolled, (4.1) is a plain stack whose layers 1..T hold w^hh, and layer 0 w^f (or w^hh too, "shared")."""
     torch.manual_seed(0)
-    recursive, plain = RecursiveBlock(6, 3).eval(), PlainBlock(6, 3).eval()
+    recursive, plain = RecursiveBlock(6, 3, first_kernel).eval(), PlainBlock(6, 3).eval()
+    first = recursive.w_f if first_kernel == "separate" else recursive.w_hh
     for t, (conv, norm) in enumerate(zip(plain.convs, plain.norms)):
-        conv.load_state_dict(recursive.w_hh.state_dict())
+        conv.load_state_dict((first if t == 0 else recursive.w_hh).state_dict())
         recursive.norms[t].running_mean.uniform_(-0.1, 0.1)
         norm.load_state_dict(recursive.norms[t].state_dict())
     x = torch.randn(2, 6, 8, 10)
     assert torch.allclose(recursive(x), plain(x), atol=1e-6)
     steps = recursive(x, return_steps=True)
     assert len(steps) == 4 and torch.equal(steps[-1], recursive(x))
+    if first_kernel == "separate":  # the two kernels really differ, and w^f only reads the input
+        with torch.no_grad():
+            recursive.w_f.weight.zero_()
+            recursive.w_f.bias.zero_()
+        assert not torch.allclose(recursive(x), plain(x), atol=1e-3)
+
+
+@pytest.mark.parametrize("first_kernel", FIRST_KERNELS)
+@pytest.mark.parametrize("T", [0, 1, 3])
+def test_recursive_parameter_count_by_first_kernel(first_kernel, T):
+    block = RecursiveBlock(12, T, first_kernel)
+    counted = sum(p.numel() for p in block.parameters())
+    assert counted == block_parameters("recursive", 12, T, first_kernel=first_kernel)
+    conv = 9 * 12 * 12 + 12
+    assert counted == (2 if first_kernel == "separate" and T >= 1 else 1) * conv + 2 * 12 * (T + 1)
+
+
+def test_recursive_first_kernel_is_checked():
+    with pytest.raises(ValueError, match="first_kernel must be one of"):
+        RecursiveBlock(4, 1, "tied")
+    with pytest.raises(ValueError, match="R2AMConfig.first_kernel"):
+        R2AMConfig(first_kernel="both")
 
 
 def test_recurrent_block_feeds_the_input_at_every_step():

@@ -1,7 +1,8 @@
 """Chapter 4's implement-it exercises (Lee & Osindero 2016, R2AM): the recursive block and the attention decoder.
 
-* :func:`check_recursive_block` grades the recursive block with tied weights (4.1) against
-  :class:`attn_course.r2am.RecursiveBlock`, fed the same convolution and batch norms;
+* :func:`check_recursive_block` grades the recursive block in its fully tied form (4.1), one
+  kernel w^hh for every step, against :class:`attn_course.r2am.RecursiveBlock` with
+  ``first_kernel="shared"``, fed the same convolution and batch norms;
 * :func:`check_attention_context` grades the decoder's scores, weights and context (4.6)
   against :class:`attn_course.decoding.SoftAttention` and :func:`attn_course.decoding.soft_context`,
   the f_att the model uses.
@@ -43,7 +44,7 @@ class _StepNorms(nn.ModuleList):
 def _random_block(C: int, T: int, seed: int, dtype=torch.float64) -> RecursiveBlock:
     """A RecursiveBlock in eval mode whose convolution and per-step batch norms (statistics, scale and shift) are
     random and different, so that a step skipped, repeated or given the wrong norm shows."""
-    block = _built(RecursiveBlock, C, T)
+    block = _built(RecursiveBlock, C, T, first_kernel="shared")
     block.norms = _StepNorms(list(block.norms))
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
@@ -146,7 +147,7 @@ def check_recursive_block(student) -> None:
     ``x`` (B, C, H, W); ``weight`` (C, C, 3, 3) and ``bias`` (C,), the one convolution w^hh
     (3 x 3, padding 1, so the size stays); ``norms`` the T + 1 batch norms (eval mode),
     ``norms[t]`` for step t; sigma(u) = relu(norms[t](u)). The reference is
-    :class:`attn_course.r2am.RecursiveBlock` with this weight and these norms; gradients
+    :class:`attn_course.r2am.RecursiveBlock` (``first_kernel="shared"``) with this weight and these norms; gradients
     with respect to x, the weight and the bias are compared too.
     """
     what = "recursive block (4.1)"

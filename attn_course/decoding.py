@@ -23,6 +23,7 @@ number their special tokens PAD = 0, BOS = 1, EOS = 2 (:mod:`attn_course.data.ca
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, Protocol
 
 import torch
@@ -144,10 +145,13 @@ def _check_positive(name: str, value) -> None:
 
 @torch.no_grad()
 def greedy_decode(model: Decoder, inputs: Any, max_len: int, *, bos: int = BOS, eos: int = EOS, pad: int = PAD,
+                  allowed: Callable[[torch.Tensor], torch.Tensor] | None = None,
                   **options: Any) -> dict[str, torch.Tensor]:
     """y_t = argmax p(y_t | y_<t, x), one token at a time, up to ``max_len`` tokens or until every row emitted EOS.
 
-    ``options`` go to every ``model.step`` (see :class:`Decoder`). Returns ``tokens`` (B, T),
+    ``options`` go to every ``model.step`` (see :class:`Decoder`). ``allowed``, if given, constrains
+    the search: it maps the tokens so far (B, t) (no BOS) to a (B, V) bool mask of the tokens that
+    may come next, and y_t is the argmax over those only. Returns ``tokens`` (B, T),
     T <= ``max_len``, without BOS, EOS included, PAD after it; and every extra of the steps
     stacked, (B, T, ...).
     """
@@ -159,6 +163,15 @@ def greedy_decode(model: Decoder, inputs: Any, max_len: int, *, bos: int = BOS, 
     tokens, extras = [], {}
     for _ in range(max_len):
         logits, state, extra = model.step(y, state, **options)
+        if allowed is not None:
+            prefix = torch.stack(tokens, 1) if tokens else torch.zeros(B, 0, dtype=torch.long, device=device)
+            mask = allowed(prefix)
+            if mask.shape != logits.shape or mask.dtype != torch.bool:
+                raise ValueError(f"allowed must return a bool mask of shape {tuple(logits.shape)}, got "
+                                 f"{tuple(mask.shape)} of {mask.dtype}")
+            if bool((~mask.any(-1) & ~done).any()):
+                raise ValueError("allowed left a row that has not ended without any token to continue with")
+            logits = logits.masked_fill(~mask, float("-inf"))
         y = logits.argmax(-1).masked_fill(done, pad)
         tokens.append(y)
         for key, value in extra.items():

@@ -9,12 +9,19 @@ from attn_course.data.sequences import (DATE_FORMATS, EOS, PAD, TASKS, SequenceT
                                         encode_batch, render_dates)
 
 
+def ap_month(d):
+    """The AP Stylebook's month: March to July in full, the rest cut to three letters and a dot (four for Sept.)."""
+    name = d.strftime("%B")
+    return name if len(name) <= 5 else ("Sept." if name == "September" else name[:3] + ".")
+
+
 def python_date(year, month, day, fmt):
     """The same surface forms written with datetime, independently of the tensor renderer."""
     d = datetime.date(year, month, day)
     ordinal = lambda n: f"{n}{'th' if 10 <= n % 100 <= 20 else {1: 'st', 2: 'nd', 3: 'rd'}.get(n % 10, 'th')}"  # noqa
     fields = {"D2": f"{day:02d}", "D": str(day), "Dth": ordinal(day), "M2": f"{month:02d}", "M": str(month),
-              "Month": d.strftime("%B"), "MONTH": d.strftime("%B").upper(), "Mon": d.strftime("%b"),
+              "Month": d.strftime("%B"), "month": d.strftime("%B").lower(), "MONTH": d.strftime("%B").upper(),
+              "Mon": d.strftime("%b"), "MonAP": ap_month(d),
               "MON": d.strftime("%b").upper(), "mon": d.strftime("%b").lower(), "Y": str(year),
               "Wkd": d.strftime("%A"), "Wk": d.strftime("%a")}
     return fmt.format(**fields)

@@ -7,7 +7,9 @@ Four tasks, all over one character vocabulary (:data:`VOCAB`):
 * ``sort``: ``"qhzta" -> "ahqtz"``;
 * ``dates``: a date in one of many surface forms -> ISO 8601, e.g.
   ``"Tuesday, 24 November 2026"``, ``"Nov 24th, 2026"``, ``"24.11.2026"``,
-  ``"11/24/2026"``, ``"2026年11月24日"`` -> ``"2026-11-24"``.
+  ``"11/24/2026"``, ``"2026年11月24日"`` -> ``"2026-11-24"``; and, for measuring how far
+  that reaches, dates in forms the generator never writes (:func:`off_generator_dates`),
+  and the calendar as a constraint on the output (:func:`calendar_allowed`).
 
 Every example comes with its *carriers*: for each output character, which source
 characters carry it (the year digits for the year, the month's name or digits for the
@@ -26,6 +28,7 @@ from __future__ import annotations
 
 import calendar
 import re
+from bisect import bisect_left
 from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import lru_cache
@@ -129,6 +132,7 @@ def _symbol_targets(task: str, src: torch.Tensor, lengths: torch.Tensor):
 
 FIRST_YEAR, LAST_YEAR = 1900, 2099
 MONTHS = tuple(calendar.month_name[1:])
+AP_MONTHS = ("Jan.", "Feb.", "March", "April", "May", "June", "July", "Aug.", "Sept.", "Oct.", "Nov.", "Dec.")
 WEEKDAYS = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday")
 
 
@@ -145,17 +149,24 @@ _FIELD_STRINGS = {
     "M2": ("month", [f"{m:02d}" for m in range(1, 13)]),
     "M": ("month", [str(m) for m in range(1, 13)]),
     "Month": ("month", list(MONTHS)),
+    "month": ("month", [m.lower() for m in MONTHS]),
     "MONTH": ("month", [m.upper() for m in MONTHS]),
     "Mon": ("month", [m[:3] for m in MONTHS]),
     "MON": ("month", [m[:3].upper() for m in MONTHS]),
     "mon": ("month", [m[:3].lower() for m in MONTHS]),
+    "MonAP": ("month", list(AP_MONTHS)),
     "Y": ("year", [str(y) for y in range(FIRST_YEAR, LAST_YEAR + 1)]),
     "Wkd": ("weekday", list(WEEKDAYS)),
     "Wk": ("weekday", [w[:3] for w in WEEKDAYS]),
 }
 
-# The surface forms. Numeric orders never share a separator (DMY: "." or "-", MDY: "/",
-# YMD: the year first), so every string has exactly one reading.
+# The surface forms. Every string has exactly one reading: the two numeric orders that can
+# be confused never share a separator (DMY: "." or "-", MDY: "/"), and a year-first form is
+# told apart by its four-digit year. Two-digit years ("3/7/21") are left out: in 1900-2099
+# they have two readings. Beyond the first 21, the forms reach toward what people type: ISO
+# itself, year-first with dots, a zero-padded day before a month name, no comma after the
+# day, "3rd of July", spreadsheet and e-mail forms, lower and upper case, AP abbreviations,
+# doubled spaces.
 DATE_FORMATS = (
     "{D} {Month} {Y}",
     "{Month} {D}, {Y}",
@@ -178,6 +189,42 @@ DATE_FORMATS = (
     "{D}-{M}-{Y}",
     "{Y}-{M}-{D}",
     "{mon} {Dth} {Y}",
+    "{Y}-{M2}-{D2}",  # ISO 8601 itself: the identity
+    "{Y}.{M2}.{D2}",
+    "{D2} {Month} {Y}",
+    "{Month} {D} {Y}",
+    "{Month} {Dth} {Y}",
+    "{Dth} of {Month} {Y}",
+    "{D}-{Mon}-{Y}",  # spreadsheets
+    "{Wk}, {D2} {Mon} {Y}",  # the Date header of an e-mail (RFC 5322)
+    "{Wkd}, {Month} {D}, {Y}",
+    "{month} {D}, {Y}",
+    "{D} {MON} {Y}",
+    "{MonAP} {D}, {Y}",  # the AP Stylebook
+    "{D} {Month}  {Y}",
+    "{Mon}  {D}, {Y}",
+)
+
+# Forms people type that the generator never produces, for measuring generalisation
+# (:func:`off_generator_dates`): each puts together fields, separators and orders that
+# training forms use, in a combination no training form has.
+OFF_GENERATOR_FORMATS = (
+    "{Y}.{M}.{D}",
+    "{Y}/{M}/{D}",
+    "{D2} {Mon} {Y}",
+    "{Mon} {D} {Y}",
+    "{Dth} {Mon} {Y}",
+    "{Mon} {Dth}, {Y}",
+    "{D2}-{Mon}-{Y}",
+    "{D2}/{Mon}/{Y}",  # web server logs
+    "{Wk} {D} {Mon} {Y}",
+    "{Wkd} {D} {Month} {Y}",
+    "{Wkd}, {Dth} {Month} {Y}",
+    "{D} {month} {Y}",
+    "{D} {MONTH} {Y}",
+    "{MonAP} {D} {Y}",
+    "{Dth} of {Month}, {Y}",
+    "{Mon}  {D}  {Y}",
 )
 ISO_SLOTS = {"year": (0, 1, 2, 3), "month": (5, 6), "day": (8, 9)}  # output positions of each field in YYYY-MM-DD
 ISO_LENGTH = 10
@@ -231,7 +278,7 @@ class _Strings:
 
 
 @lru_cache(maxsize=8)
-def _strings(device: str) -> _Strings:
+def _strings(device: str, forms: tuple[str, ...]) -> _Strings:
     strings, carriers, first = [""], [None], {}
     for name, (field, values) in _FIELD_STRINGS.items():
         first[name] = len(strings)
@@ -239,7 +286,7 @@ def _strings(device: str) -> _Strings:
             strings.append(text)
             carriers.append((field, _field_digits(field, text)))
     literals = {}
-    parsed = [_parse_format(f) for f in DATE_FORMATS]
+    parsed = [_parse_format(f) for f in forms]
     for pieces in parsed:
         for kind, text in pieces:
             if kind == "literal" and text not in literals:
@@ -286,24 +333,29 @@ def calendar_days() -> dict[str, torch.Tensor]:
 
 
 def render_dates(year: torch.Tensor, month: torch.Tensor, day: torch.Tensor, weekday: torch.Tensor,
-                 formats: torch.Tensor, device=None) -> dict[str, torch.Tensor]:
-    """Dates (B,) written in ``formats`` (B,), indices into :data:`DATE_FORMATS`.
+                 formats: torch.Tensor, device=None, forms: tuple[str, ...] = DATE_FORMATS,
+                 with_carriers: bool = True) -> dict[str, torch.Tensor]:
+    """Dates (B,) written in ``formats`` (B,), indices into ``forms`` (the training forms :data:`DATE_FORMATS`
+    unless told otherwise, e.g. :data:`OFF_GENERATOR_FORMATS`).
 
     Returns ``src`` (B, S) ids, ``tgt`` (B, 12) = BOS, YYYY-MM-DD, EOS, and ``carriers``
-    (B, 11, S): for each predicted character (the ten of the ISO date, then EOS), the
+    (B, 11, S) (unless ``with_carriers`` is False; they are most of the work): for each
+    predicted character (the ten of the ISO date, then EOS), the
     source characters that carry it (none for the hyphens and EOS). Every example is
     P pieces looked up in one string table, placed at the running sum of the piece
     lengths by one scatter: no loop over examples or formats.
     """
     device = torch.device(device) if device is not None else year.device
-    table = _strings(str(device))
+    if not isinstance(forms, tuple) or not forms or not all(isinstance(f, str) for f in forms):
+        raise ValueError(f"forms must be a non-empty tuple of format strings, got {forms!r}")
+    table = _strings(str(device), forms)
     year, month, day, weekday, formats = (torch.as_tensor(t).to(device) for t in (year, month, day, weekday, formats))
     shapes = {tuple(t.shape) for t in (year, month, day, weekday, formats)}
     if len(shapes) != 1 or year.dim() != 1 or len(year) == 0:
         raise ValueError(f"year, month, day, weekday and formats must be tensors of one shape (B,), B >= 1, got "
                          f"{sorted(shapes)}")
     for name, value, low, high in (("year", year, FIRST_YEAR, LAST_YEAR), ("month", month, 1, 12), ("day", day, 1, 31),
-                                   ("weekday", weekday, 0, 6), ("formats", formats, 0, len(DATE_FORMATS) - 1)):
+                                   ("weekday", weekday, 0, 6), ("formats", formats, 0, len(forms) - 1)):
         if value.is_floating_point() or not ((low <= value) & (value <= high)).all():
             raise ValueError(f"{name} must be integers in [{low}, {high}], got {value.dtype} values from "
                              f"{float(value.min()):g} to {float(value.max()):g}")
@@ -319,14 +371,16 @@ def render_dates(year: torch.Tensor, month: torch.Tensor, day: torch.Tensor, wee
     where = torch.where(col < lengths[..., None], offset[..., None] + col, S).flatten(1)  # (B, P L); padding -> S
     src = torch.full((B, S + 1), PAD, dtype=torch.long, device=device)
     src.scatter_(1, where, table.tokens[ids].flatten(1))
-    carries = table.carriers[ids].permute(0, 2, 1, 3).flatten(2)  # (B, 11, P L)
-    carriers = torch.zeros(B, ISO_LENGTH + 1, S + 1, dtype=torch.bool, device=device)
-    carriers.scatter_(2, where[:, None, :].expand_as(carries), carries)
     digits = torch.stack([year // 1000, year // 100 % 10, year // 10 % 10, year % 10,
                           month // 10, month % 10, day // 10, day % 10], 1) + _INDEX["0"]
     dash = torch.full((B, 1), _INDEX["-"], device=device)
     bos, eos = torch.full((B, 1), BOS, device=device), torch.full((B, 1), EOS, device=device)
     tgt = torch.cat([bos, digits[:, :4], dash, digits[:, 4:6], dash, digits[:, 6:], eos], 1)
+    if not with_carriers:
+        return {"src": src[:, :S], "tgt": tgt}
+    carries = table.carriers[ids].permute(0, 2, 1, 3).flatten(2)  # (B, 11, P L)
+    carriers = torch.zeros(B, ISO_LENGTH + 1, S + 1, dtype=torch.bool, device=device)
+    carriers.scatter_(2, where[:, None, :].expand_as(carries), carries)
     return {"src": src[:, :S], "tgt": tgt, "carriers": carriers[:, :, :S]}
 
 
@@ -461,3 +515,101 @@ class SequenceTask:
 
     def __repr__(self) -> str:
         return f"SequenceTask({self.name!r}, device={str(self.device)!r}, test_size={self.test_size})"
+
+
+# ------------------------------------------------------------------- E. forms off the generator, and the calendar
+
+
+def _training_form_hashes(days: torch.Tensor) -> torch.Tensor:
+    """The hash of each day (N,) written in each training form: (len(DATE_FORMATS), N)."""
+    table = calendar_days()
+    fields = [table[k][days] for k in ("year", "month", "day", "weekday")]
+    return torch.stack([source_hash(render_dates(*fields, torch.full_like(days, f), with_carriers=False)["src"])
+                        for f in range(len(DATE_FORMATS))])  # over forms, never over examples
+
+
+def off_generator_dates(size: int = 2000, seed: int = TEST_SEED, device="cpu") -> dict[str, torch.Tensor]:
+    """``size`` held-out days written in :data:`OFF_GENERATOR_FORMATS`, as many in each form (the first forms take
+    one more where ``size`` does not divide): :func:`render_dates`'s ``src``, ``tgt``, ``carriers``, and ``forms``
+    (B,), indices into OFF_GENERATOR_FORMATS.
+
+    Neither the day nor the string was seen in training: the days are the test set's (never drawn
+    for training), and a string that a training form also writes for that day ("13 Jul 2021" is
+    both "{D2} {Mon} {Y}" and the training form "{D} {Mon} {Y}") is never picked.
+    """
+    if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+        raise ValueError(f"size must be a positive int, got {size!r}")
+    generator = torch.Generator().manual_seed(seed)
+    table = calendar_days()
+    pool = table["held_out"].nonzero().squeeze(1)
+    fields = [table[k][pool] for k in ("year", "month", "day", "weekday")]
+    written_in_training = _training_form_hashes(pool)
+    count = len(OFF_GENERATOR_FORMATS)
+    days, forms = [], []
+    for f, form in enumerate(OFF_GENERATOR_FORMATS):  # over forms, never over examples
+        need = size // count + (f < size % count)
+        off = render_dates(*fields, torch.full_like(pool, f), forms=OFF_GENERATOR_FORMATS, with_carriers=False)
+        off = source_hash(off["src"])
+        shuffled = torch.randperm(len(pool), generator=generator)
+        fresh = pool[shuffled[~(written_in_training == off).any(0)[shuffled]]]
+        if len(fresh) < need:
+            raise ValueError(f"size {size} needs {need} days in form {form!r}; only {len(fresh)} held-out days "
+                             "are written in it differently from every training form")
+        days.append(fresh[:need])
+        forms.append(torch.full((need,), f))
+    days, forms = torch.cat(days), torch.cat(forms)
+    out = render_dates(*(table[k][days] for k in ("year", "month", "day", "weekday")), forms, device=device,
+                       forms=OFF_GENERATOR_FORMATS)
+    return {**out, "forms": forms.to(out["src"].device)}
+
+
+@lru_cache(maxsize=1)
+def iso_dates() -> tuple[str, ...]:
+    """Every day from FIRST_YEAR-01-01 to LAST_YEAR-12-31 as YYYY-MM-DD, in order (which is alphabetical order)."""
+    days = calendar_days()
+    return tuple(f"{y:04d}-{m:02d}-{d:02d}" for y, m, d in zip(*(days[k].tolist() for k in ("year", "month", "day"))))
+
+
+def is_iso_date(text: str) -> bool:
+    """Whether ``text`` is exactly a real day between FIRST_YEAR and LAST_YEAR written YYYY-MM-DD."""
+    dates = iso_dates()
+    at = bisect_left(dates, text)
+    return at < len(dates) and dates[at] == text
+
+
+@lru_cache(maxsize=1 << 16)
+def _next_tokens(prefix: str) -> tuple[int, ...]:
+    """The tokens that can follow ``prefix`` on the way to a date of :func:`iso_dates`: a character, or EOS
+    after a whole date (none: ``prefix`` leads to no date)."""
+    if len(prefix) >= ISO_LENGTH:
+        return (EOS,) if is_iso_date(prefix) else ()
+    dates = iso_dates()
+    tokens = []
+    for character in "0123456789-":
+        longer = prefix + character
+        at = bisect_left(dates, longer)  # the first date not before ``longer``: it starts with it, if any does
+        if at < len(dates) and dates[at].startswith(longer):
+            tokens.append(_INDEX[character])
+    return tuple(tokens)
+
+
+def calendar_allowed(prefix: torch.Tensor) -> torch.Tensor:
+    """The calendar as a mask: for outputs so far ``prefix`` (B, t) (ids, no BOS), which next tokens (B, VOCAB_SIZE)
+    keep each row on the way to a real day in FIRST_YEAR..LAST_YEAR written YYYY-MM-DD, then EOS.
+
+    A year in range, a month 01-12, a day that month has (29 February in leap years only).
+    A row that has ended (EOS or PAD in its prefix) may only go on with PAD; a row on no
+    date's way gets no token at all. The ``allowed`` hook of
+    :func:`~attn_course.decoding.greedy_decode`.
+    """
+    if prefix.dim() != 2 or prefix.is_floating_point():
+        raise ValueError(f"expected prefix as integer ids of shape (B, t), got {tuple(prefix.shape)} of {prefix.dtype}")
+    if prefix.numel() and (prefix.min() < 0 or prefix.max() >= VOCAB_SIZE):
+        raise ValueError(f"prefix ids must lie in [0, {VOCAB_SIZE - 1}]")
+    allowed = torch.zeros(prefix.shape[0], VOCAB_SIZE, dtype=torch.bool)
+    for row, ids in enumerate(prefix.tolist()):  # a cached look-up per row: the same prefixes recur
+        if EOS in ids or PAD in ids:
+            allowed[row, PAD] = True
+        else:
+            allowed[row, list(_next_tokens("".join(VOCAB[i] for i in ids)))] = True
+    return allowed.to(prefix.device)

@@ -2,16 +2,22 @@
 
 The paper's model is :mod:`attn_course.transformer`; here are the course's model size, the
 tasks (copy, reverse, sort, date normalisation), the recipe with the rate (5.5), the exact
-match a card records, the targets of the shipped models, and how often a head's attention
-falls on the source character an output comes from.
+match a card records, the targets of the shipped models, how often a head's attention
+falls on the source character an output comes from, and, for the dates model, how far it
+reaches past its generator and a reader that only ever answers with a real day.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 
-from ..data.sequences import PAD, VOCAB_SIZE, SequenceTask
+from .. import decoding
+from ..data.sequences import (BOS, EOS, FIRST_YEAR, ISO_LENGTH, LAST_YEAR, OFF_GENERATOR_FORMATS, PAD, VOCAB_SIZE,
+                              SequenceTask, calendar_allowed, decode, encode, encode_batch, is_iso_date,
+                              off_generator_dates)
 from ..runtime import evaluating
 from ..spec import ModelSpec, Recipe, Target
 from ..transformer import COOLDOWN, Transformer, TransformerConfig, noam_optimizer, predict, transformer_loss
@@ -95,6 +101,112 @@ def alignment_hits(model: Transformer, task, batch_size: int = 500) -> dict[str,
             chance += float((carriers.sum(-1) / lengths)[rows].sum())
             count += int(rows.sum())
     return {"hits": hits / count, "mean_hits": mean_hits / count, "chance": chance / count, "outputs": count}
+
+
+# --------------------------------------------------------------------------- dates off the generator
+
+
+def writes_a_day(tokens: torch.Tensor) -> torch.Tensor:
+    """Whether each row of output ids (B, T) is a real day in the data's years, YYYY-MM-DD, then EOS (PAD after)."""
+    if tokens.dim() != 2 or tokens.is_floating_point():
+        raise ValueError(f"expected output ids of shape (B, T), got {tuple(tokens.shape)} of {tokens.dtype}")
+    answers = []
+    for row in tokens.tolist():
+        text = decode(row)
+        exact = is_iso_date(text) and row[:ISO_LENGTH + 1] == encode(text) + [EOS]
+        answers.append(exact and all(t == PAD for t in row[ISO_LENGTH + 1:]))
+    return torch.tensor(answers, dtype=torch.bool)
+
+
+@torch.no_grad()
+def off_generator_exact_match(model: Transformer, size: int = 2000, seed: int | None = None,
+                              batch_size: int = 500) -> dict:
+    """Greedy exact match on dates written in forms the generator never writes (:data:`OFF_GENERATOR_FORMATS`,
+    held-out days), and how many outputs are not a real day at all.
+
+    Returns ``exact_match`` and ``not_a_date`` (shares of ``examples``), and ``by_form``: the
+    exact match of each form. ``seed`` picks the days (the test set's seed by default).
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be positive, got {batch_size}")
+    device = next(model.parameters()).device
+    data = off_generator_dates(size, **({} if seed is None else {"seed": seed}), device=device)
+    right = torch.zeros(len(data["src"]), dtype=torch.bool)
+    dates = torch.zeros(len(data["src"]), dtype=torch.bool)
+    for start in range(0, len(data["src"]), batch_size):
+        rows = slice(start, start + batch_size)
+        src = data["src"][rows]
+        src = src[:, :int((src != PAD).sum(1).max())]
+        predicted = predict(model, src, ISO_LENGTH + 1)
+        right[rows] = same_sequences(predicted, data["tgt"][rows, 1:]).cpu()
+        dates[rows] = writes_a_day(predicted).cpu()
+    forms = data["forms"].cpu()
+    return {"exact_match": float(right.float().mean()), "not_a_date": float((~dates).float().mean()),
+            "examples": len(right),
+            "by_form": {form: float(right[forms == f].float().mean()) for f, form in enumerate(OFF_GENERATOR_FORMATS)}}
+
+
+@dataclass(frozen=True)
+class DateReading:
+    """What :func:`translate_dates` makes of one string ``text``.
+
+    ``iso``: always a real day in the data's years, YYYY-MM-DD (the calendar-constrained greedy
+    output); ``probability``: the model's own probability of exactly that output, EOS included,
+    without the constraint (label smoothing (5.6) trains each of the 11 tokens toward 0.9, so a
+    sure answer scores about 0.9^11 = 0.31); ``greedy``: what plain greedy decoding wrote;
+    ``reason``: None where greedy wrote a real day (``iso`` is then the same), else why ``iso``
+    should not be trusted.
+    """
+
+    text: str
+    iso: str
+    probability: float
+    greedy: str
+    reason: str | None
+
+    @property
+    def corrected(self) -> bool:
+        """Whether the calendar had to overrule the model (its own answer was not a real day)."""
+        return self.reason is not None
+
+
+@torch.no_grad()
+def translate_dates(model: Transformer, texts: list[str], batch_size: int = 500) -> list[DateReading]:
+    """Read each string as a date: greedy decoding with every step masked to the tokens that can still end in a
+    real day (:func:`~attn_course.data.sequences.calendar_allowed`), so the answer is always a date; plain
+    greedy decoding alongside, to flag where the mask had to overrule the model."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be positive, got {batch_size}")
+    if isinstance(texts, str) or not isinstance(texts, (list, tuple)) or not texts:
+        raise ValueError(f"texts must be a non-empty list of strings, got {texts!r}")
+    bad = [t for t in texts if not isinstance(t, str) or not t]
+    if bad:
+        raise ValueError(f"every text must be a non-empty string, got {bad!r}")
+    device = next(model.parameters()).device
+    readings = []
+    with evaluating(model):
+        for start in range(0, len(texts), batch_size):
+            chunk = list(texts[start:start + batch_size])
+            src = encode_batch(chunk, device)
+            plain = decoding.greedy_decode(model, src, ISO_LENGTH + 1, bos=BOS, eos=EOS, pad=PAD)["tokens"]
+            constrained = decoding.greedy_decode(model, src, ISO_LENGTH + 1, bos=BOS, eos=EOS, pad=PAD,
+                                                 allowed=calendar_allowed)["tokens"]
+            tgt = torch.cat([torch.full_like(constrained[:, :1], BOS), constrained[:, :-1]], 1)
+            log_p = model(src, tgt).float().log_softmax(-1).gather(-1, constrained[..., None])[..., 0].sum(1)
+            for text, ours, theirs, p, day in zip(chunk, constrained, plain, log_p.exp().tolist(),
+                                                  writes_a_day(plain).tolist()):
+                iso, greedy = decode(ours), decode(theirs)
+                reason = None
+                if not day:
+                    reason = (f"the model's own reading {greedy!r} is not a day in {FIRST_YEAR}-{LAST_YEAR}; "
+                              "the calendar overruled it")
+                readings.append(DateReading(text, iso, p, greedy, reason))
+    return readings
+
+
+def translate_date(model: Transformer, text: str) -> DateReading:
+    """:func:`translate_dates` of one string."""
+    return translate_dates(model, [text])[0]
 
 
 def _evaluate(model, task: str, device) -> tuple[dict[str, float], int]:

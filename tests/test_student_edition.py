@@ -18,6 +18,9 @@ CELLS = [(path, number, cell) for path in NOTEBOOKS
          for number, cell in enumerate(json.loads(path.read_text(encoding="utf-8"))["cells"])
          if edition.is_implement_it(cell)]
 IDS = [f"{path.stem[:2]}-cell{number}" for path, number, _ in CELLS]
+TRAINING = [(path, number, cells) for path in NOTEBOOKS
+            for cells in [json.loads(path.read_text(encoding="utf-8"))["cells"]]
+            for number, cell in enumerate(cells) if edition.is_training_check(cell)]
 
 
 def test_every_chapter_has_two_implement_it_exercises():
@@ -38,6 +41,32 @@ def test_the_stub_fails_its_checker_saying_so(path, number, cell):
     stubbed = edition.stub_out(edition.source(cell), f"{path.name}, cell {number}")
     with pytest.raises(ExerciseFailed, match="not implemented yet"):
         exec(compile(stubbed, f"{path.name}:{number}", "exec"), {})
+
+
+def test_there_are_training_checks():
+    assert len(TRAINING) >= 2, [path.name for path, _, _ in TRAINING]
+
+
+@pytest.mark.parametrize("path, number, cells", TRAINING,
+                         ids=[f"{path.stem[:2]}-cell{number}" for path, number, _ in TRAINING])
+def test_a_training_check_follows_its_exercise_and_fails_on_the_stub_before_training(path, number, cells):
+    exercise, check = cells[number - 1], cells[number]
+    assert edition.is_implement_it(exercise), "a training check follows the implement-it cell it trains with"
+    namespace = {}
+    with pytest.raises(ExerciseFailed, match="not implemented yet"):  # the checker, on the stub it defines
+        exec(compile(edition.stub_out(edition.source(exercise)), f"{path.name}:{number - 1}", "exec"), namespace)
+    with pytest.raises(ExerciseFailed, match="not implemented yet"):  # then the training check, at once
+        exec(compile(edition.source(check), f"{path.name}:{number}", "exec"), namespace)
+    student, _, _ = edition.student_notebook(json.loads(path.read_text(encoding="utf-8")), path.name)
+    copied = [c for c in student["cells"] if c.get("id") == check.get("id")]
+    assert copied and edition.source(copied[0]) == edition.source(check), "copied as it is"
+
+
+def test_a_training_check_without_its_exercise_is_refused():
+    notebook = {"cells": [{"cell_type": "code", "metadata": {"tags": [edition.TRAIN_TAG]}, "source": "train(f)\n",
+                           "outputs": [], "execution_count": None}]}
+    with pytest.raises(edition.EditionError, match="must follow the 'implement-it' cell"):
+        edition.student_notebook(notebook, "nb")
 
 
 def test_the_edition_stubs_the_exercises_and_drops_only_the_solutions(tmp_path):

@@ -17,7 +17,10 @@ student writes, with the course's reference code between a ``# BEGIN SOLUTION`` 
 
 In the student edition the lines from ``# BEGIN SOLUTION`` to ``# END SOLUTION`` become one
 ``raise NotImplementedError(...)`` at their indentation, so the checker's call reports "not
-implemented yet" until the student writes the code. Markdown solutions and quiz answers
+implemented yet" until the student writes the code. A code cell tagged ``implement-it-train``
+right after an implement-it cell trains the chapter's model with the student's function
+(``train_with_filterbank(filterbank)``); it is copied as it is, and on the stub it fails the
+same way, before any training. Markdown solutions and quiz answers
 (``:::{admonition} Solution ...`` and ``:::{admonition} Answer`` blocks, folded in the book)
 are removed. Everything else is copied as it is;
 the notebooks stay output-free. The book itself keeps the references and the folded
@@ -35,6 +38,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 TAG = "implement-it"
+TRAIN_TAG = "implement-it-train"  # the training check of the implement-it cell before it
 BEGIN, END = "# BEGIN SOLUTION", "# END SOLUTION"
 SOLUTION_BLOCK = re.compile(r"^:::\{admonition\} (?:Solution|Answer)[^\n]*\n.*?^:::[ \t]*\n?", re.MULTILINE | re.DOTALL)
 STUB = 'raise NotImplementedError("write this function: see the exercise above")'
@@ -54,6 +58,10 @@ def set_source(cell: dict, text: str) -> None:
 
 def is_implement_it(cell: dict) -> bool:
     return cell["cell_type"] == "code" and TAG in cell.get("metadata", {}).get("tags", [])
+
+
+def is_training_check(cell: dict) -> bool:
+    return cell["cell_type"] == "code" and TRAIN_TAG in cell.get("metadata", {}).get("tags", [])
 
 
 def stub_out(text: str, where: str = "cell") -> str:
@@ -99,6 +107,9 @@ def student_notebook(notebook: dict, name: str) -> tuple[dict, int, int]:
                 removed += count
         elif BEGIN in text or END in text:
             raise EditionError(f"{name}, cell {number}: solution markers in a cell not tagged {TAG!r}")
+        if is_training_check(cell) and (number == 0 or not is_implement_it(notebook["cells"][number - 1])):
+            raise EditionError(f"{name}, cell {number}: a {TRAIN_TAG!r} cell must follow the {TAG!r} cell whose "
+                               "function it trains with")
     notebook["cells"] = [c for c in notebook["cells"] if c["cell_type"] != "markdown" or source(c).strip()]
     return notebook, stubs, removed
 

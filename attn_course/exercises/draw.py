@@ -3,15 +3,22 @@
 Each checker grades the student's function against the function of :mod:`attn_course.draw`
 that the model trains with: :func:`~attn_course.draw.filterbank` (2.7)-(2.8),
 :func:`~attn_course.draw.read` (2.10) and :func:`~attn_course.draw.gaussian_kl` (2.2), the
-per-dimension term of L^z in (2.5).
+per-dimension term of L^z in (2.5). :func:`train_with_filterbank` plugs the student's filterbank into
+DRAW's read and write and trains the model for a short run (see :mod:`attn_course.exercises.training`).
 """
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch
 
-from ..draw import filterbank, gaussian_kl, read
+from .. import draw
+from ..data.binarized import BinarizedMNIST
+from ..draw import QUICK_CONFIG, DRAWConfig, filterbank, gaussian_kl, read
+from ..experiments.draw import DRAW_SPEC, evaluate_bound
 from . import Case, ExerciseFailed, call_student, compare, report, run_cases
+from .training import Score, Setting, training_check, try_once
 
 
 # --------------------------------------------------------------------------- the filterbank (2.7)-(2.8)
@@ -218,3 +225,42 @@ def check_gaussian_kl(student) -> None:
                              "(negative_elbo sums it over t and the latent dimensions into L^z)")
     count = run_cases(student, gaussian_kl, cases, what, gradient_of=(0, 1))
     report(what, count, ", gradients with respect to mu and log_sigma included")
+
+
+# --------------------------------------------------------------------------- the filterbank inside DRAW, trained
+
+
+# DRAW small enough for a short run in a notebook: 4 steps, LSTMs of 64, z of 20 (the chapter's quick run has
+# T = 8 and LSTMs of 128; the shipped model T = 16 and LSTMs of 256).
+SHORT_CONFIG = replace(QUICK_CONFIG, T=4, enc_size=64, dec_size=64)
+
+
+def _filterbank_arguments(g_X, g_Y, delta, sigma2, N, A, B, eps=1e-8):
+    """DRAW's call of the filterbank as the exercise's: (g_X, g_Y, delta, sigma2, N, A, B)."""
+    return g_X, g_Y, delta, sigma2, N, A, B
+
+
+def train_with_filterbank(student, *, steps: int = 300, batch_size: int = 32, config: DRAWConfig = SHORT_CONFIG,
+                          test_size: int = 500, seed: int = 0, share: float = 0.75, device: str = "cpu",
+                          progress: bool = False) -> None:
+    """Train DRAW with ``student(g_X, g_Y, delta, sigma2, N, A, B) -> (F_X, F_Y)`` as the filterbank of every read
+    and write, then the same with the course's (2.7)-(2.8), and compare their test bounds.
+
+    The model is ``config`` (default :data:`SHORT_CONFIG`), trained by the chapter's recipe
+    for ``steps`` steps of ``batch_size`` binarised MNIST digits; the score is the negative
+    log-likelihood bound L^x + L^z (2.5) on the first ``test_size`` test digits, in nats. It
+    passes when the bound falls by at least ``share`` of the fall the course's filterbank
+    gives. A filterbank through which no gradient reaches the window, or that reads and
+    writes nothing, fails: the model then cannot learn where to look or what to draw.
+    """
+    try_once(student, "the filterbank (2.7)-(2.8)", _window_cases()[0].args)
+    data = BinarizedMNIST(device=device, test_size=test_size)
+    setting = Setting(spec=DRAW_SPEC, task="mnist", config=config, data=data,
+                      measure=lambda model: evaluate_bound(model, data)["nll_bound"], steps=steps,
+                      batch_size=batch_size, seed=seed, device=device, key=(test_size,))
+    training_check(student, what="the filterbank (2.7)-(2.8)",
+                   model=f"DRAW (T = {config.T}, read {config.read_N} x {config.read_N}, write "
+                         f"{config.write_N} x {config.write_N}, LSTMs of {config.enc_size})",
+                   module=draw, name="_filterbank", arguments=_filterbank_arguments, setting=setting,
+                   score=Score(f"bound on {test_size} test digits", False, unit="nats"), share=share,
+                   progress=progress)

@@ -7,7 +7,9 @@
 - :func:`check_hard_attention_loss` and :func:`check_update_baseline`: the loss whose
   gradient is the estimate (3.12) and the moving-average baseline (3.11). The package
   computes both inline in :func:`attn_course.show_attend_tell.hard_loss`; the references
-  here reproduce its lines exactly (each says which).
+  here reproduce its lines exactly (each says which);
+- :func:`train_with_soft_context`: the student's soft context inside the captioner, trained
+  for a short run (see :mod:`attn_course.exercises.training`).
 """
 
 from __future__ import annotations
@@ -16,9 +18,14 @@ from collections.abc import Callable
 
 import torch
 
+from .. import show_attend_tell
+from ..data.scenes import VOCAB, ShapeScenes, left_to_right_reference
 from ..decoding import soft_context
-from ..show_attend_tell import doubly_stochastic_penalty
+from ..experiments.show_attend_tell import DATA_SEED, SAT, TRAINING_ORDER
+from ..runtime import evaluating
+from ..show_attend_tell import SATConfig, ShowAttendTell, doubly_stochastic_penalty
 from . import Case, ExerciseFailed, call_student, compare, report, run_cases
+from .training import Score, Setting, training_check, try_once
 
 F64 = torch.float64
 
@@ -302,3 +309,58 @@ def check_update_baseline(student) -> None:
                              "(log p(y | s~, a) - b), and a baseline with a graph keeps every earlier batch's graph "
                              "alive")
     report(what, count, ", detached from the graph")
+
+
+# --------------------------------------------------------------------------- the soft context inside the model, trained
+
+
+# A captioner small enough for a short run in a notebook: 32 x 32 scenes on a 4 x 4 grid (L = 16), D = m = 32,
+# 64 LSTM units. h_0 and c_0 are learned constants, not f_init of the image (3.4), so the decoder sees the
+# image only through the context z^_t: what it learns of the scene, it learns through the student's function.
+SHORT_CONFIG = SATConfig(vocab_size=len(VOCAB), image_size=32, cell=8, channels=8, D=32, m=32, n=64, att_hidden=32,
+                         attention="soft", init_from_image=False)
+
+
+@torch.no_grad()
+def content_word_accuracy(model: ShowAttendTell, data: ShapeScenes, split: str = "val") -> float:
+    """The share of size, colour and shape words predicted right, teacher-forced on every scene of ``split``
+    with its left-to-right reference: the words that only the image can tell."""
+    scenes = data.split(split)
+    batch = data.batch(split, slice(0, len(scenes)))
+    pick = left_to_right_reference(batch["layout"])
+    rows = torch.arange(len(pick), device=pick.device)
+    captions, referents = batch["references"][rows, pick], batch["referents"][rows, pick]
+    with evaluating(model):
+        predicted = model(batch["images"], captions)["logits"].argmax(-1)
+    content = referents[:, 1:] >= 0
+    return float(((predicted == captions[:, 1:]) & content).sum() / content.sum())
+
+
+def train_with_soft_context(student, *, steps: int = 200, batch_size: int = 32, config: SATConfig = SHORT_CONFIG,
+                            train_size: int = 4000, val_size: int = 250, seed: int = 0, share: float = 0.75,
+                            device: str = "cpu", progress: bool = False) -> None:
+    """Train Show, Attend and Tell with ``student(a, alpha, beta) -> z_hat`` as its soft context, then the same with
+    the course's (3.13)-(3.14), and compare how many content words each gets right.
+
+    The model is ``config`` (default :data:`SHORT_CONFIG`, soft attention), trained by the
+    chapter's recipe for ``steps`` steps of ``batch_size`` scenes drawn from ``train_size``
+    training scenes of the chapter's generator; the score is :func:`content_word_accuracy`
+    on ``val_size`` validation scenes. It passes when that accuracy rises by at least
+    ``share`` of the rise the course's context gives. A context that carries nothing of the
+    image leaves the decoder a language model, which guesses sizes, colours and shapes.
+    """
+    if config.attention != "soft":
+        raise ValueError(f"the soft context is used by soft attention, got attention={config.attention!r}")
+    try_once(student, "the soft context (3.13)-(3.14)", _context_cases()[0][0].args)
+    data = ShapeScenes(seed=DATA_SEED, train_size=train_size, val_size=val_size, test_size=val_size,
+                       image_size=config.image_size, device=device, training_order=TRAINING_ORDER)
+    setting = Setting(spec=SAT, task="soft", config=config, data=data,
+                      measure=lambda model: content_word_accuracy(model, data), steps=steps, batch_size=batch_size,
+                      seed=seed, device=device, key=(train_size, val_size))
+    grid = config.image_size // config.cell
+    training_check(student, what="the soft context (3.13)-(3.14)",
+                   model=f"Show, Attend and Tell ({config.image_size} x {config.image_size} scenes, a {grid} x {grid} "
+                         f"grid, D = {config.D}, {config.n} LSTM units)",
+                   module=show_attend_tell, name="soft_context", arguments=lambda a, alpha, beta=None: (a, alpha, beta),
+                   setting=setting, score=Score(f"content-word accuracy on {val_size} validation scenes", True,
+                                                percent=True), share=share, progress=progress)

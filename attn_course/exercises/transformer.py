@@ -4,19 +4,27 @@
   :func:`attn_course.transformer.scaled_dot_product_attention`;
 * :func:`check_multi_head_attention`: (5.2), the split into h heads, attention per head, the
   concatenation and the output projection, against :class:`attn_course.transformer.MultiHeadAttention`;
-* :func:`check_positional_encoding`: (5.4), against :func:`attn_course.transformer.positional_encoding`.
+* :func:`check_positional_encoding`: (5.4), against :func:`attn_course.transformer.positional_encoding`;
+* :func:`train_with_scaled_dot_product_attention`: the student's (5.1) inside every attention of a
+  small Transformer, trained for a short run on ``reverse`` (see :mod:`attn_course.exercises.training`).
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from functools import partial
 
 import torch
 from torch.func import functional_call
 
-from ..transformer import MultiHeadAttention, causal_mask, positional_encoding, scaled_dot_product_attention
+from .. import transformer
+from ..data.sequences import VOCAB_SIZE, SequenceTask
+from ..experiments.transformer import TRANSFORMER, exact_match
+from ..transformer import (MultiHeadAttention, Transformer, TransformerConfig, causal_mask, positional_encoding,
+                           scaled_dot_product_attention)
 from . import Case, named, report, run_cases
+from .training import Score, Setting, training_check, try_once
 
 
 def _attention_cases() -> list[Case]:
@@ -241,3 +249,55 @@ def check_positional_encoding(student) -> None:
     what = "positional encoding (5.4)"
     count = run_cases(student, positional_encoding, _positional_cases(), what, atol=5e-5)
     report(what, count, ", d_model = 2 to 64, up to 100 positions")
+
+
+# --------------------------------------------------------------------------- (5.1) inside the model, trained
+
+
+# A Transformer small enough for a short run in a notebook: one encoder and one decoder layer, d_model 32,
+# 2 heads of d_k = 16, no dropout (the course's model has 2 + 2 layers of d_model 64).
+SHORT_CONFIG = TransformerConfig(vocab_size=VOCAB_SIZE, d_model=32, heads=2, d_ff=128, encoder_layers=1,
+                                 decoder_layers=1, dropout=0.0, norm="post", max_len=64)
+
+
+def _written_out(config: TransformerConfig) -> Transformer:
+    """The Transformer with every attention on the written-out path, which calls the module-level
+    ``scaled_dot_product_attention`` (the fused kernel would bypass it)."""
+    return Transformer(config).use_fused_attention(False)
+
+
+def _attention_arguments(Q, K, V, mask=None, dropout_p=0.0, scale=None):
+    """The model's call of (5.1) as the exercise's: (Q, K, V, mask)."""
+    if dropout_p or scale is not None:
+        raise ValueError(f"the exercise's attention takes neither dropout nor another scale, got dropout_p "
+                         f"{dropout_p} and scale {scale}: train with a config without dropout")
+    return Q, K, V, mask
+
+
+def train_with_scaled_dot_product_attention(student, *, steps: int = 300, batch_size: int = 64,
+                                            config: TransformerConfig = SHORT_CONFIG, task: str = "reverse",
+                                            test_size: int = 500, seed: int = 0, share: float = 0.5,
+                                            device: str = "cpu", progress: bool = False) -> None:
+    """Train a Transformer whose every attention runs ``student(Q, K, V, mask) -> (output, weights)``, then the
+    same with the course's (5.1), and compare their greedy exact match on ``test_size`` held-out strings.
+
+    The model is ``config`` (default :data:`SHORT_CONFIG`, without dropout) with the
+    written-out attention, trained by the chapter's recipe (Adam with the rate (5.5), batch
+    ``batch_size``) for ``steps`` steps on ``task``. It passes when the exact match rises by at
+    least ``share`` of the rise the course's function gives. Attention that is not normalised
+    over the keys, or that lets a query see later positions, fails: the decoder then cannot
+    write the answer one character after the other.
+    """
+    if config.dropout:
+        raise ValueError(f"train without dropout (the exercise's attention has no dropout_p), got {config.dropout}")
+    try_once(student, "scaled dot-product attention (5.1)", _attention_cases()[0].args)
+    data = SequenceTask(task, device=device, test_size=test_size)
+    setting = Setting(spec=replace(TRANSFORMER, model_class=_written_out), task=task, config=config, data=data,
+                      measure=lambda model: exact_match(model, data)[0], steps=steps, batch_size=batch_size,
+                      seed=seed, device=device, key=(test_size,))
+    layers = f"{config.encoder_layers} + {config.decoder_layers} layers"
+    training_check(student, what="scaled dot-product attention (5.1)",
+                   model=f"a Transformer ({layers}, d_model {config.d_model}, {config.heads} heads) on {task}",
+                   module=transformer, name="scaled_dot_product_attention", arguments=_attention_arguments,
+                   setting=setting, score=Score(f"exact match on {test_size} held-out strings", True, percent=True),
+                   share=share, progress=progress)

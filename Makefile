@@ -21,7 +21,7 @@ timed = @start=$$(date +%s); $(2); status=$$?; \
 	echo "[make] $(1): $$(( $$(date +%s) - start )) s"; exit $$status
 
 .PHONY: setup browser book test quick unit unit-quick notebooks nbval book-build book-strict browser-test \
-	stress info clean student
+	stress info clean student gpu-profile
 
 $(STAMP): pyproject.toml
 	@start=$$(date +%s); \
@@ -93,6 +93,11 @@ student: setup
 
 stress: setup
 	$(BIN)/python tools/execute_notebooks.py --repeat $(K) --cell-timeout 300 --idle-limit 60 --retry-hangs 0 --no-cache
+
+# Every notebook in the full profile on a CUDA GPU: wall time, peak GPU memory and the key metrics
+# per notebook (tools/gpu_profile.py; results in _build/gpu_profile.json). It refuses to run without CUDA.
+gpu-profile: setup
+	$(call timed,gpu profile,$(BIN)/python tools/gpu_profile.py)
 
 info: setup
 	$(BIN)/python -m attn_course info

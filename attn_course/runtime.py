@@ -10,10 +10,14 @@ Two profiles decide how big every chapter's experiments are:
 
 ``ATTN_COURSE_PROFILE=quick|full`` overrides the default. The device is chosen
 in the order cuda > mps > cpu, and ``ATTN_COURSE_DEVICE`` overrides it.
+``ATTN_COURSE_REPORT``, set by ``tools/gpu_profile.py``, names a file that receives a
+JSON line per training run and the process's peak memory at exit (:func:`report`).
 """
 
 from __future__ import annotations
 
+import atexit
+import json
 import os
 import platform
 import random
@@ -28,6 +32,7 @@ import torch
 PROFILES = ("quick", "full")
 PROFILE_ENV = "ATTN_COURSE_PROFILE"
 DEVICE_ENV = "ATTN_COURSE_DEVICE"
+REPORT_ENV = "ATTN_COURSE_REPORT"
 
 
 def _mps_available() -> bool:
@@ -192,3 +197,48 @@ def evaluating(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
             yield model
     finally:
         model.train(was_training)
+
+
+def peak_memory() -> dict[str, int | None]:
+    """The peak memory of this process so far, in bytes (None where it cannot be read).
+
+    ``gpu_allocated``: ``torch.cuda.max_memory_allocated``, what the tensors took at most;
+    ``gpu_reserved``: ``torch.cuda.max_memory_reserved``, what the caching allocator held
+    (what a 16 GB GPU must fit); both None when CUDA was not used. ``rss``: the largest
+    resident set of the process.
+    """
+    peaks: dict[str, int | None] = {"gpu_allocated": None, "gpu_reserved": None, "rss": None}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        peaks["gpu_allocated"] = int(torch.cuda.max_memory_allocated())
+        peaks["gpu_reserved"] = int(torch.cuda.max_memory_reserved())
+    try:
+        import resource
+
+        kibibytes_or_bytes = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        peaks["rss"] = int(kibibytes_or_bytes) * (1 if sys.platform == "darwin" else 1024)
+    except (ImportError, OSError):  # no resource module on Windows
+        pass
+    return peaks
+
+
+def report(kind: str, **fields) -> None:
+    """Append ``{"kind": kind, **fields, "peak_memory": peak_memory()}`` as one JSON line to the
+    file ``$ATTN_COURSE_REPORT`` names; nothing when it is unset.
+
+    ``tools/gpu_profile.py`` sets it for each notebook's kernel: :func:`~attn_course.train.fit`
+    reports every training run (``kind="fit"``) and the process its peak memory as it exits
+    (``kind="exit"``). A file that cannot be written gets a warning, never an error.
+    """
+    path = os.environ.get(REPORT_ENV, "").strip()
+    if not path:
+        return
+    line = json.dumps({"kind": kind, **fields, "peak_memory": peak_memory()}, default=str)
+    try:
+        with open(path, "a", encoding="utf-8") as f:
+            f.write(line + "\n")
+    except OSError as error:
+        print(f"attn_course: cannot write the report {path} ({REPORT_ENV}): {error}", file=sys.stderr)
+
+
+if os.environ.get(REPORT_ENV, "").strip():
+    atexit.register(report, "exit")

@@ -33,8 +33,13 @@ cannot run code. The NaN guard raises before the update and names the step, so t
 weights stay those of the last good step. A change to what the state holds needs a new
 ``STATE_FORMAT``. The loop, ``_Run.train``, reads as its steps: ``_resume_or_start``;
 ``_train_and_save``, whose ``_steps`` run ``_one_step`` (``_forward``, ``_backward``,
-``_update`` with ``_log``), ``_show_progress``, ``_maybe_evaluate`` and
+``_read_back``, ``_update`` with ``_log``), ``_show_progress``, ``_maybe_evaluate`` and
 ``_maybe_checkpoint`` per step, then ``_final_evaluation``; ``_finish``.
+
+On a GPU the loop waits for the device once per step: ``_read_back`` reads the loss and
+every metric in one transfer after the backward pass is queued (the NaN guard needs the
+loss before the update). Without a ``checkpoint_path`` nothing can be saved, so the
+step-boundary records (``_mark``: every RNG state, a copy of each buffer) are not taken.
 """
 
 from __future__ import annotations
@@ -47,7 +52,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack, contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -59,6 +64,7 @@ from tqdm.auto import tqdm
 
 from .checkpoints import CheckpointError, atomic_torch_save, check_writable, load_state_file, output_lock
 from .history import History
+from .runtime import report
 
 Batch = Any
 LossFn = Callable[[nn.Module, Batch], "tuple[torch.Tensor, Mapping[str, Any]]"]
@@ -313,6 +319,31 @@ def _to_float(value: Any) -> float:
     return float(value)
 
 
+def _as_floats(named: list[tuple[str, Any]]) -> list[float]:
+    """The values of ``named`` (name, scalar tensor or number) pairs as floats, in their order.
+
+    The tensors on an accelerator are read back in one transfer per device, so a GPU is
+    waited for once, not once per value; CPU tensors are read one by one (no wait to save).
+    A value with more than one element is a ``ValueError`` that names it.
+    """
+    floats: list[float | None] = [None] * len(named)
+    on_device: dict[torch.device, list[int]] = {}
+    for index, (name, value) in enumerate(named):
+        if isinstance(value, torch.Tensor):
+            if value.numel() != 1:
+                raise ValueError(f"{name!r} must be a scalar (one element), got a tensor of shape "
+                                 f"{tuple(value.shape)}")
+            if value.device.type != "cpu":
+                on_device.setdefault(value.device, []).append(index)
+                continue
+        floats[index] = _to_float(value)
+    for indices in on_device.values():
+        together = torch.stack([named[i][1].detach().float().reshape(()) for i in indices]).tolist()
+        for index, value in zip(indices, together):
+            floats[index] = value
+    return floats
+
+
 def _amp_dtype(device: torch.device) -> torch.dtype:
     return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
 
@@ -403,6 +434,8 @@ class _Run:
         self.updating = False  # inside the optimiser update, the one moment the state is half-changed
         self.means: dict[str, float] = {}  # the last logged running means, for the progress bar
         self.stop = _StopSignals()
+        self.evaluation_seconds = 0.0  # spent in evaluate() during this call
+        self._saves = checkpoint_path is not None  # without a file, the step-boundary records go unused
         self._persistent = set(model.state_dict())
         self._rng: dict[str, Any] = {}
         self._buffers: dict[str, torch.Tensor] = {}
@@ -410,7 +443,9 @@ class _Run:
     # ----------------------------------------------------------------- state
 
     def _mark(self) -> None:
-        """Record the RNG and buffers of this moment, a step boundary."""
+        """Record the RNG and buffers of this moment, a step boundary (only when the run can be saved)."""
+        if not self._saves:
+            return
         self._rng = _rng_state(self.generator)
         self._buffers = {name: b.detach().clone() for name, b in self.model.named_buffers(remove_duplicate=False)
                          if name in self._persistent}
@@ -476,7 +511,7 @@ class _Run:
     def train(self, resume: bool, progress: bool, desc: str) -> TrainResult:
         """Resume or start; the steps and the save under the signal handlers; the result."""
         self._resume_or_start(resume)
-        start = time.perf_counter()
+        start, first_step = time.perf_counter(), self.step
         self.model.train()
         bar = tqdm(total=self.config.steps, initial=self.step, desc=desc, disable=not progress, dynamic_ncols=True)
         try:
@@ -484,7 +519,7 @@ class _Run:
                 saved_at = self._train_and_save(bar)
         finally:
             bar.close()
-        return self._finish(saved_at, start)
+        return self._finish(saved_at, start, first_step, desc)
 
     def _resume_or_start(self, resume: bool) -> None:
         """Load the state at checkpoint_path if asked and there, and check that this run's state could be saved."""
@@ -532,11 +567,11 @@ class _Run:
             else:
                 error.add_note(f"the training state of step {self.step} was saved to {self.checkpoint_path}")
 
-    def _finish(self, saved_at: Path | None, start: float) -> TrainResult:
+    def _finish(self, saved_at: Path | None, start: float, first_step: int, desc: str) -> TrainResult:
         interrupted = self.stop.requested is not None
         if interrupted:
             self._report_stop(saved_at)
-        return TrainResult(
+        result = TrainResult(
             history=self.history,
             step=self.step,
             wall_time=time.perf_counter() - start,
@@ -544,6 +579,18 @@ class _Run:
             checkpoint=saved_at,
             final_metrics=dict(self.final_metrics or {}),
         )
+        self._report(result, first_step, desc)
+        return result
+
+    def _report(self, result: TrainResult, first_step: int, desc: str) -> None:
+        """This call in one record for ``runtime.report`` (written only when a profiling tool asks for it)."""
+        steps = self.step - first_step
+        training_seconds = result.wall_time - self.evaluation_seconds
+        report("fit", desc=desc, device=str(self.device), steps=steps, total_steps=self.step,
+               batch_size=self.config.batch_size, seconds=round(result.wall_time, 3),
+               steps_per_second=round(steps / training_seconds, 3) if training_seconds > 0 else None,
+               train={name: self.history.last(name) for name in self.history.names() if not name.startswith("eval_")},
+               eval=result.final_metrics, interrupted=result.interrupted)
 
     def _report_stop(self, saved_at: Path | None) -> None:
         message = f"interrupted at step {self.step} of {self.config.steps}"
@@ -569,20 +616,24 @@ class _Run:
     def _one_step(self, batch: Batch) -> None:
         loss, metrics = self._forward(batch)
         self._backward(loss)
-        self._update(metrics)
+        self._update(self._read_back(loss, metrics))
 
-    def _forward(self, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
-        """The loss (under autocast with AMP) and the step's metrics as floats; stops at a non-finite loss."""
-        with torch.autocast(device_type=self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
-            loss, metrics = self.loss_fn(self.model, batch)
-        loss_value = _to_float(loss)
+    def _forward(self, batch: Batch) -> tuple[torch.Tensor, Mapping[str, Any]]:
+        """The loss and the step's metrics, as ``loss_fn`` returns them (under autocast with AMP)."""
+        mixed = self.amp_dtype is not None
+        with torch.autocast(device_type=self.device.type, dtype=self.amp_dtype) if mixed else nullcontext():
+            return self.loss_fn(self.model, batch)
+
+    def _read_back(self, loss: torch.Tensor, metrics: Mapping[str, Any]) -> dict[str, float]:
+        """The loss and metrics as floats (one wait for a GPU); stops at a non-finite loss, before the update."""
+        loss_value, *metric_values = _as_floats([("loss", loss), *metrics.items()])
         if not math.isfinite(loss_value):
             raise NonFiniteLossError(
                 f"the training loss became {loss_value} at step {self.step + 1} (of {self.config.steps}); "
                 "weights from before this step are unchanged. Lower the learning rate, clip gradients "
                 "(clip_grad_norm) or check the inputs of this batch."
             )
-        return loss, {"loss": loss_value, **{name: _to_float(value) for name, value in metrics.items()}}
+        return {"loss": loss_value, **dict(zip(metrics, metric_values))}
 
     def _backward(self, loss: torch.Tensor) -> None:
         """The gradients (scaled and unscaled again with a scaler), clipped if asked."""
@@ -648,11 +699,13 @@ class _Run:
         """``evaluate(model)`` in eval mode without gradients, logged to the history as ``eval_*``."""
         metrics = {}
         if self.evaluate is not None:
+            start = time.perf_counter()
             was_training = self.model.training
             self.model.eval()
             with torch.no_grad():
                 metrics = {name: _to_float(value) for name, value in self.evaluate(self.model).items()}
             self.model.train(was_training)
+            self.evaluation_seconds += time.perf_counter() - start
         with self.stop.protected():
             if metrics:
                 self.history.log(self.step, **{f"eval_{name}": value for name, value in metrics.items()})

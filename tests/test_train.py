@@ -1,6 +1,7 @@
 """The training loop: learning, history, exact resume after a signal at any point, NaN guard, checkpoints."""
 
 import functools
+import json
 import math
 import os
 import signal
@@ -450,3 +451,49 @@ def test_amp_on_cpu_is_a_clear_error():
     sample_batch, loss_fn = make_problem()
     with pytest.raises(ValueError, match="CUDA"):
         fit(new_model(), sample_batch, loss_fn, TrainConfig(steps=1, amp=True), device="cpu", progress=False)
+
+
+# --------------------------------------------------------------------------- on a GPU: few waits per step
+
+
+def test_metrics_are_read_back_as_the_floats_item_gives():
+    values = [("loss", torch.tensor(1.5)), ("count", 2), ("half", torch.tensor(0.1, dtype=torch.bfloat16)),
+              ("grad", torch.tensor([0.3], requires_grad=True) * 1)]
+    assert train_module._as_floats(values) == [1.5, 2.0, torch.tensor(0.1, dtype=torch.bfloat16).item(),
+                                               torch.tensor(0.3).item()]
+
+
+def test_a_metric_that_is_not_a_scalar_is_named():
+    sample_batch, loss_fn = make_problem()
+
+    def loss_with_a_vector(model, batch):
+        loss, metrics = loss_fn(model, batch)
+        return loss, {**metrics, "per_sample": torch.zeros(3)}
+
+    with pytest.raises(ValueError, match=r"'per_sample' must be a scalar .* shape \(3,\)"):
+        fit(new_model(), sample_batch, loss_with_a_vector, TrainConfig(steps=2), progress=False)
+
+
+def test_a_run_that_cannot_be_saved_takes_no_step_boundary_records(monkeypatch):
+    sample_batch, loss_fn = make_problem()
+    monkeypatch.setattr(train_module, "_rng_state", lambda generator: pytest.fail("RNG state taken, never used"))
+    result = fit(bn_model(), sample_batch, loss_fn, TrainConfig(steps=5), progress=False)
+    assert result.step == 5
+
+
+def test_fit_reports_each_run_when_a_profiler_asks(tmp_path, monkeypatch):
+    from attn_course.runtime import REPORT_ENV, report
+
+    monkeypatch.delenv(REPORT_ENV, raising=False)
+    report("fit", steps=1)  # unset: nothing is written anywhere
+    path = tmp_path / "report.jsonl"
+    monkeypatch.setenv(REPORT_ENV, str(path))
+    sample_batch, loss_fn = make_problem()
+    fit(new_model(), sample_batch, loss_fn, TrainConfig(steps=20, log_every=10), evaluate=lambda m: {"zero": 0.0},
+        progress=False, desc="toy")
+    (record,) = [json.loads(line) for line in path.read_text().splitlines()]
+    assert record["kind"] == "fit" and record["desc"] == "toy" and record["steps"] == 20
+    assert set(record["train"]) == {"loss", "abs_err"} and record["eval"] == {"zero": 0.0}
+    assert record["steps_per_second"] > 0 and record["peak_memory"]["rss"] > 0
+    if not torch.cuda.is_available():
+        assert record["peak_memory"]["gpu_allocated"] is None

@@ -73,7 +73,7 @@ class BinarizedMNIST:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
         index = torch.randint(len(self.train_images), (batch_size,), generator=generator, device=generator.device)
         seed = int(torch.randint(2**31 - 1, (1,), generator=generator, device=generator.device))
-        grey = self.train_images[index.to(self.device)]
+        grey = self.train_images[index.to(self.device, non_blocking=True)]
         noise = torch.Generator(device=self.device).manual_seed(seed)
         return {"images": binarize(grey, noise)[:, None]}
 

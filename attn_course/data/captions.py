@@ -141,7 +141,7 @@ class CaptionData:
         index = torch.randint(len(self), (batch_size,), generator=generator)
         pick = (torch.rand(batch_size, generator=generator) * self.num_references[index]).long()
         device = self.images.device
-        index, pick = index.to(device), pick.to(device)
+        index, pick = index.to(device, non_blocking=True), pick.to(device, non_blocking=True)
         return {"images": self.images[index], "captions": self.captions[index, pick]}
 
     def batches(self, batch_size: int = 250) -> Iterator[dict[str, torch.Tensor]]:

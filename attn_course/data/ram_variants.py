@@ -106,7 +106,7 @@ def _generate(images, labels, spec: Variant, seed: int, device, chunk_size: int)
                 f"floating images must lie in [0, 1], found values in [{float(low):g}, {float(high):g}] "
                 "(pass uint8 images 0..255, or divide by 255 first)"
             )
-    offset, source, crop, place = (t.to(device) for t in (offset, source, crop, place))
+    offset, source, crop, place = (t.to(device, non_blocking=True) for t in (offset, source, crop, place))
     digit_start = offset[:, 1] * size + offset[:, 0]  # (n,)
     crop_start = source * (DIGIT * DIGIT) + crop[..., 1] * DIGIT + crop[..., 0]  # (n, k), into flat_images
     place_start = place[..., 1] * size + place[..., 0]  # (n, k)

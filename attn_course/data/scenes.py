@@ -402,7 +402,7 @@ def _speck_colours(specks: torch.Tensor, image_size: int) -> torch.Tensor:
     dx = pixels[None, None, None, :] - specks[..., 0, None, None]  # (N, K, 1, S)
     dy = pixels[None, None, :, None] - specks[..., 1, None, None]  # (N, K, S, 1)
     on = ((dx == 0) | (dx == 1)) & ((dy == 0) | (dy == 1))
-    paint = RGB.to(specks.device)[specks[..., 2]] - BACKGROUND  # (N, K, 3)
+    paint = RGB.to(specks.device, non_blocking=True)[specks[..., 2]] - BACKGROUND  # (N, K, 3)
     return torch.einsum("nkhw,nkc->nchw", on.float(), paint).clamp(max=1 - BACKGROUND)
 
 
@@ -427,7 +427,7 @@ def render(layout: Layout, image_size: int = 64, device=None, specks: torch.Tens
     masks = torch.zeros(len(layout), MAX_OBJECTS, image_size, image_size, dtype=torch.bool, device=device)
     for k in range(len(SHAPES)):  # a loop over the four shapes, never over scenes
         masks |= (layout.shape == k)[..., None, None] & _inside(k, dx, dy, r)
-    colour = RGB.to(device)[layout.colour.clamp(min=0)] - BACKGROUND  # (N, 3 objects, 3 channels)
+    colour = RGB.to(device, non_blocking=True)[layout.colour.clamp(min=0)] - BACKGROUND  # (N, 3 objects, 3 channels)
     images = BACKGROUND + torch.einsum("nkhw,nkc->nchw", masks.float(), colour)
     if specks is not None and specks.shape[1]:
         if specks.shape[:1] != (len(layout),) or specks.dim() != 3 or specks.shape[2] != 3:
@@ -580,11 +580,11 @@ class ShapeScenes:
         split = self.splits["train"]
         index = torch.randint(len(split), (batch_size,), generator=generator)
         which = torch.rand(batch_size, generator=generator)
-        index = index.to(self.device)
+        index = index.to(self.device, non_blocking=True)
         if self.training_order == "left_to_right":
             pick = self._left_to_right[index]
         else:
-            pick = (which.to(self.device) * split.num_references[index]).long()
+            pick = (which.to(self.device, non_blocking=True) * split.num_references[index]).long()
         images, masks = render(split.layout.select(index), self.image_size, self.device, split.specks[index])
         return {"images": images, "masks": masks, "captions": split.captions[index, pick],
                 "referents": split.referents[index, pick]}

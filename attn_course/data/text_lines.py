@@ -221,11 +221,20 @@ def _atlas_cpu(fonts: tuple[str, ...]) -> dict[str, torch.Tensor]:
     return {"glyphs": glyphs, "advance": advance, "offset": offset}
 
 
+@lru_cache(maxsize=None)
+def _atlas_on(fonts: tuple[str, ...], device: torch.device) -> dict[str, torch.Tensor]:
+    return {k: v.to(device) for k, v in _atlas_cpu(fonts).items()}
+
+
 def glyph_atlas(fonts: Sequence[str] = tuple(FONTS), device=None) -> dict[str, torch.Tensor]:
     """``glyphs`` (fonts, len(CHARSET) + 1, 48, 40) coverage in [0, 1] (the last glyph is blank), ``advance`` and
-    ``offset`` (fonts, len(CHARSET) + 1) in pixels, for an em of :data:`GLYPH_PIXELS` pixels."""
-    atlas = _atlas_cpu(tuple(fonts))
-    return {k: v.to(device) for k, v in atlas.items()}
+    ``offset`` (fonts, len(CHARSET) + 1) in pixels, for an em of :data:`GLYPH_PIXELS` pixels.
+
+    The tensors are made once per device and shared by every call (every training batch
+    renders with them): treat them as read-only.
+    """
+    device = torch.device(device) if device is not None else torch.device("cpu")
+    return dict(_atlas_on(tuple(fonts), device))
 
 
 def glyph_indices(shown: Sequence[str], max_length: int = MAX_LENGTH) -> torch.Tensor:
@@ -288,7 +297,7 @@ class Style:
 
 def _uniform(generator, n, bounds, device):
     low, high = bounds
-    return low + (high - low) * torch.rand(n, generator=generator).to(device)
+    return low + (high - low) * torch.rand(n, generator=generator).to(device, non_blocking=True)
 
 
 def _gaussian_blur(images: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
@@ -332,15 +341,16 @@ def render(texts: Sequence[str], fonts: torch.Tensor, generator: torch.Generator
             raise ValueError(f"angles must hold one angle per string ({B},) or one for all, got {tuple(angles.shape)}")
         if not torch.isfinite(angles).all():
             raise ValueError("angles must be finite (degrees), got NaN or infinity")
-    tokens = encode_batch(texts).to(device)
+    tokens = encode_batch(texts).to(device, non_blocking=True)
     if cases is None:
         cases = torch.multinomial(torch.tensor(style.cases), B, replacement=True, generator=generator)
     shown = apply_case(texts, cases)
     atlas = glyph_atlas(font_names, device)
-    index = glyph_indices(shown).to(device)  # (B, L)
-    fonts = fonts.to(device)
+    index = glyph_indices(shown).to(device, non_blocking=True)  # (B, L)
+    fonts = fonts.to(device, non_blocking=True)
     L = index.shape[1]
-    present = torch.arange(L, device=device)[None] < torch.tensor([len(t) for t in texts], device=device)[:, None]
+    lengths = torch.tensor([len(t) for t in texts]).to(device, non_blocking=True)
+    present = torch.arange(L, device=device)[None] < lengths[:, None]
 
     # 3. the canvas: pen positions from the advances plus letter spacing
     u = lambda bounds: _uniform(generator, B, bounds, device)  # noqa: E731
@@ -403,7 +413,8 @@ def render(texts: Sequence[str], fonts: torch.Tensor, generator: torch.Generator
     if float(sigma.max()) > 0.05:
         images = torch.where((sigma > 0.05)[:, None, None, None], _gaussian_blur(images, sigma), images)
     noise = u(style.noise)
-    images = images + noise[:, None, None, None] * torch.randn(images.shape, generator=generator).to(device)
+    pixel_noise = torch.randn(images.shape, generator=generator).to(device, non_blocking=True)
+    images = images + noise[:, None, None, None] * pixel_noise
     return {"images": images.clamp(0, 1), "centres": centres, "shown": shown, "tokens": tokens}
 
 

@@ -3,6 +3,11 @@
 The paper's model is :mod:`attn_course.ram`; here are the data, the training recipe per
 task, the test error a card records, the targets of the shipped checkpoints, and the
 measurements chapter 1 makes of where a trained model looks.
+
+The zoom and stop options of :mod:`attn_course.ram` (section F) train through the same
+spec: ``python -m attn_course train ram --task cluttered60 --set zoom=true --set stop=true``.
+The card of such a model adds the mean number of glimpses used and the mean scale, and
+:func:`zoom_and_stop_statistics` measures where it zooms and when it stops.
 """
 
 from __future__ import annotations
@@ -11,7 +16,8 @@ import torch
 
 from ..baselines import VARIANT_SIZES, BaselineConfig, Convolutional, FullyConnected, classification_loss
 from ..data.tasks import MNISTVariantTask
-from ..ram import PAPER_CONFIGS, RAMConfig, RecurrentAttentionModel, first_location, glimpse_paths, ram_loss
+from ..ram import (OPTION_FIELDS, PAPER_CONFIGS, RAMConfig, RecurrentAttentionModel, first_location, first_stop,
+                   glimpse_paths, ram_loss)
 from ..runtime import evaluating
 from ..spec import ModelSpec, Recipe, Target
 
@@ -56,8 +62,22 @@ def _loss(task: str):
 
 
 def _evaluate(model, task: str, device) -> tuple[dict[str, float], int]:
-    error, total = error_rate(model, MNISTVariantTask(task, device=device))
-    return {"error": error, "accuracy": 1.0 - error}, total
+    config = model.config
+    if not (config.zoom or config.stop):
+        error, total = error_rate(model, MNISTVariantTask(task, device=device))
+        return {"error": error, "accuracy": 1.0 - error}, total
+    stats = zoom_and_stop_statistics(model, MNISTVariantTask(task, device=device), thresholds=())
+    metrics = {"error": stats["error"], "accuracy": 1.0 - stats["error"], "mean_glimpses": stats["mean_glimpses"]}
+    if config.zoom:
+        metrics["mean_scale"] = stats["mean_scale"]
+    return metrics, stats["test_examples"]
+
+
+def _validate(model, data) -> dict[str, float]:
+    if not model.config.stop:
+        return {"error": error_rate(model, data)[0]}
+    stats = zoom_and_stop_statistics(model, data, thresholds=())
+    return {"error": stats["error"], "glimpses": stats["mean_glimpses"]}
 
 
 def _check_config(task: str, config: RAMConfig) -> None:
@@ -66,11 +86,23 @@ def _check_config(task: str, config: RAMConfig) -> None:
         raise ValueError(f"config.image_size is {config.image_size}, but {task} images are {size} x {size}")
 
 
-RAM = ModelSpec(
+class _RAMSpec(ModelSpec):
+    """RAM's spec: a config is stored without the fields of the options it leaves off (zoom, stop)."""
+
+    def config_dict(self, config) -> dict:
+        stored = super().config_dict(config)
+        for option, names in OPTION_FIELDS.items():
+            if not getattr(config, option):
+                for name in names:
+                    del stored[name]
+        return stored
+
+
+RAM = _RAMSpec(
     name="ram", description="Recurrent Attention Model (Mnih et al. 2014), paper configuration per task",
     title="RAM", tasks=tuple(PAPER_CONFIGS), config_class=RAMConfig, model_class=RecurrentAttentionModel,
     config=PAPER_CONFIGS.__getitem__, data=lambda task, device: MNISTVariantTask(task, device=device), loss=_loss,
-    evaluate=_evaluate, validate=lambda model, data: {"error": error_rate(model, data)[0]},
+    evaluate=_evaluate, validate=_validate,
     recipes=RECIPES, targets=TARGETS, check_config=_check_config, default_task="mnist28")
 # --------------------------------------------------------------------------- where a trained model looks
 
@@ -118,6 +150,70 @@ def glimpse_statistics(model: RecurrentAttentionModel, task, seed: int = 0) -> d
         total += len(labels)
     return {"error_per_step": (wrong / total).cpu(), "hits_per_step": (hits / total).cpu(),
             "random_hits": float(random_hits / total), "random_error": float(random_wrong / total)}
+
+
+# --------------------------------------------------------------------------- where a zooming model zooms, when it stops
+
+
+@torch.no_grad()
+def zoom_and_stop_statistics(model: RecurrentAttentionModel, task,
+                             thresholds: tuple[float, ...] = (0.1, 0.3, 0.5, 0.7, 0.9)) -> dict:
+    """On the task's whole test set, from the task's first glimpse and following the mean of the policy:
+
+    * ``error`` and ``mean_glimpses``: the test error of the answer a_tau and the mean tau,
+      stopping at the first p_t > 1/2 (a model without ``stop`` takes all T glimpses);
+    * ``stop_histogram`` (T,): the share of images answered after t = 1..T glimpses;
+    * ``error_by_stop`` (T,): the error among the images that stopped after t glimpses
+      (NaN where none did);
+    * ``scale_per_step`` (T,): the mean scale exp(z) of glimpse t over the images that took
+      it (NaN where none did; all ones for a model without ``zoom``), and ``mean_scale``
+      over all glimpses taken;
+    * ``threshold_curve``: for each threshold q, stopping at the first p_t > q instead:
+      ``error`` and ``mean_glimpses`` (tensors over ``thresholds``), the trade-off curve to
+      set beside a fixed-T model's error per step (:func:`glimpse_statistics`);
+    * ``test_examples``.
+    """
+    if any(not 0 < q < 1 for q in thresholds):
+        raise ValueError(f"thresholds must lie in (0, 1) (probabilities p_t to stop at), got {thresholds}")
+    T, device = model.config.num_glimpses, task.device
+    count_by_stop = torch.zeros(T, device=device)
+    wrong_by_stop = torch.zeros(T, device=device)
+    scale_sum, glimpses_taken = torch.zeros(T, device=device), torch.zeros(T, device=device)
+    curve_wrong = torch.zeros(len(thresholds), device=device)
+    curve_glimpses = torch.zeros(len(thresholds), device=device)
+    total = 0
+    with evaluating(model):
+        for batch in task.test_batches():
+            images, labels = batch["images"], batch["labels"]
+            out = model(images, l_0=first_location(task.variant, len(labels), device), sample=False)
+            tau = out.get("glimpses_used", torch.full_like(labels, T))
+            wrong = (out["log_probs"].argmax(-1) != labels).float()
+            count_by_stop += torch.bincount(tau - 1, minlength=T)
+            wrong_by_stop += torch.bincount(tau - 1, weights=wrong, minlength=T)
+            taken = (torch.arange(1, T + 1, device=device) <= tau[:, None]).float()  # (B, T)
+            scales = out["scales"].transpose(0, 1) if "scales" in out else torch.ones_like(taken)
+            scale_sum += (scales * taken).sum(0)
+            glimpses_taken += taken.sum(0)
+            if "stop_logits" in out:
+                predictions = out["logits_per_step"].argmax(-1).transpose(0, 1)  # (B, T)
+                for i, q in enumerate(thresholds):
+                    tau_q = first_stop((out["stop_logits"].sigmoid() > q).float())
+                    answer = predictions.gather(1, (tau_q - 1)[:, None])[:, 0]
+                    curve_wrong[i] += (answer != labels).sum()
+                    curve_glimpses[i] += tau_q.sum()
+            total += len(labels)
+    if "stop_logits" not in out:  # a model that never stops: every threshold gives its T glimpses
+        curve_wrong[:] = wrong_by_stop.sum()
+        curve_glimpses[:] = T * total
+    return {"error": float(wrong_by_stop.sum() / total),
+            "mean_glimpses": float(glimpses_taken.sum() / total),
+            "stop_histogram": (count_by_stop / total).cpu(),
+            "error_by_stop": (wrong_by_stop / count_by_stop).cpu(),
+            "scale_per_step": (scale_sum / glimpses_taken).cpu(),
+            "mean_scale": float(scale_sum.sum() / glimpses_taken.sum()),
+            "threshold_curve": {"threshold": torch.tensor(thresholds), "error": (curve_wrong / total).cpu(),
+                                "mean_glimpses": (curve_glimpses / total).cpu()},
+            "test_examples": total}
 
 
 # --------------------------------------------------------------------------- the whole-image baselines

@@ -15,15 +15,18 @@ says how many cores other programs kept busy: a loaded machine slows every row.
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
+import sys
+from pathlib import Path
 
 import torch
 
-from attn_course.baselines import classification_loss
-from attn_course.data.tasks import MNISTVariantTask
-from attn_course.runtime import banner, busy_cores, get_device, set_cpu_threads
-from attn_course.vit import ViT, ViTConfig, multiply_adds, parameter_count, vit_optimizer
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from run import timed  # noqa: E402
+
+from attn_course.baselines import classification_loss  # noqa: E402
+from attn_course.data.tasks import MNISTVariantTask  # noqa: E402
+from attn_course.runtime import banner, busy_cores, get_device, set_cpu_threads  # noqa: E402
+from attn_course.vit import ViT, ViTConfig, multiply_adds, parameter_count, vit_optimizer  # noqa: E402
 
 CANDIDATES = ("6,64,6", "10,96,6", "12,128,4")
 
@@ -51,18 +54,7 @@ def step_seconds(config: ViTConfig, batches, repeat: int, warmup: int, device) -
         optimizer.step()
         schedule.step()
 
-    for _ in range(warmup):
-        step()
-    times = []
-    for _ in range(repeat):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        step()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return timed(step, repeat, warmup, device)
 
 
 def main(argv=None):

@@ -152,6 +152,9 @@ class ModelSpec:
     check_config: Callable[[str, Any], None] | None = None  # refuses a config the task's data cannot feed
     default_task: str | None = None
     kind: str | None = None  # the "kind" stored in model configs (default: the name)
+    # the config fields a given config does not use (an option left off, a kernel its block lacks): left out of
+    # the stored config, so that checkpoints written before such a field existed keep loading
+    unused_fields: Callable[[Any], tuple[str, ...]] | None = None
 
     def __post_init__(self):
         missing = [task for task in self.tasks if task not in self.recipes]
@@ -176,7 +179,8 @@ class ModelSpec:
         return self.config_dict(self.config(self.check_task(task)))
 
     def config_dict(self, config) -> dict[str, Any]:
-        return {"kind": self.config_kind, **asdict(config)}
+        unused = set(self.unused_fields(config)) if self.unused_fields else set()
+        return {"kind": self.config_kind, **{k: v for k, v in asdict(config).items() if k not in unused}}
 
     def build(self, config: Mapping[str, Any] | Any) -> nn.Module:
         """The model from a stored config (a dict, whose ``kind`` must be this model's) or a config object."""

@@ -112,6 +112,11 @@ def _evaluate(model, task: str, device) -> tuple[dict[str, float], int]:
     return evaluate_reading(model, data), 2 * data.config.test_size
 
 
+def _unused_fields(config: R2AMConfig) -> tuple[str, ...]:
+    """Only a recursive block has a first kernel to choose: other blocks' configs do not store the field."""
+    return () if config.block == "recursive" else ("first_kernel",)
+
+
 R2AM_SPEC = ModelSpec(
     name="r2am", description="attention OCR with recursive, recurrent or plain CNNs (Lee & Osindero 2016) on "
                              "rendered text lines: word accuracy and character error rate on held-out words "
@@ -119,5 +124,6 @@ R2AM_SPEC = ModelSpec(
     title="R2AM", tasks=TASKS, config_class=R2AMConfig, model_class=R2AM, config=config_for,
     data=lambda task, device: TextLines(device=device), loss=lambda task: r2am_loss, evaluate=_evaluate,
     validate=lambda model, data: evaluate_reading(model, data, ("val_words",)),
-    recipes={task: RECIPE for task in TASKS}, targets=TARGETS, default_task="recursive")
+    recipes={task: RECIPE for task in TASKS}, targets=TARGETS, default_task="recursive",
+    unused_fields=_unused_fields)
 SPECS = (R2AM_SPEC,)

@@ -86,24 +86,18 @@ def _check_config(task: str, config: RAMConfig) -> None:
         raise ValueError(f"config.image_size is {config.image_size}, but {task} images are {size} x {size}")
 
 
-class _RAMSpec(ModelSpec):
-    """RAM's spec: a config is stored without the fields of the options it leaves off (zoom, stop)."""
-
-    def config_dict(self, config) -> dict:
-        stored = super().config_dict(config)
-        for option, names in OPTION_FIELDS.items():
-            if not getattr(config, option):
-                for name in names:
-                    del stored[name]
-        return stored
+def _unused_fields(config: RAMConfig) -> tuple[str, ...]:
+    """The fields of the options (zoom, stop) a config leaves off: not stored, so older cards still match."""
+    return tuple(name for option, names in OPTION_FIELDS.items() if not getattr(config, option) for name in names)
 
 
-RAM = _RAMSpec(
+RAM = ModelSpec(
     name="ram", description="Recurrent Attention Model (Mnih et al. 2014), paper configuration per task",
     title="RAM", tasks=tuple(PAPER_CONFIGS), config_class=RAMConfig, model_class=RecurrentAttentionModel,
     config=PAPER_CONFIGS.__getitem__, data=lambda task, device: MNISTVariantTask(task, device=device), loss=_loss,
     evaluate=_evaluate, validate=_validate,
-    recipes=RECIPES, targets=TARGETS, check_config=_check_config, default_task="mnist28")
+    recipes=RECIPES, targets=TARGETS, check_config=_check_config, default_task="mnist28",
+    unused_fields=_unused_fields)
 # --------------------------------------------------------------------------- where a trained model looks
 
 

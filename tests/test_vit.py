@@ -10,8 +10,9 @@ import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
 from attn_course.baselines import classification_loss
-from attn_course.experiments.vit import (COURSE_CONFIGS, INTENDED_TARGETS, RECIPES, TARGETS, attention_on_digit,
-                                         attention_statistics, digit_overlap, error_rate, multiply_adds_ram)
+from attn_course.experiments.vit import (COURSE_CONFIGS, INTENDED_TARGETS, RECIPES, SEARCH_CANDIDATES, SEARCH_STEPS,
+                                         TARGETS, attention_on_digit, attention_statistics, counted_multiply_adds,
+                                         digit_overlap, error_rate, multiply_adds_ram, read_search, search_row)
 from attn_course.ram import PAPER_CONFIGS, RAMConfig, RecurrentAttentionModel
 from attn_course.transformer import positional_encoding
 from attn_course.vit import (E_from_conv_weight, PatchEmbedding, ViT, ViTConfig, attention_maps, attention_rollout,
@@ -355,3 +356,53 @@ def test_cli_trains_and_evaluates_vit(tmp_path, capsys):
     assert "translated60 images are 60 x 60" in capsys.readouterr().err
     assert main(["evaluate", "vit", "--task", "cluttered100"]) == 2
     assert "choose one of: mnist28, translated60, cluttered60" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------- counted cost, the patch and depth search
+
+
+@pytest.mark.parametrize("config", [COURSE_CONFIGS["mnist28"], COURSE_CONFIGS["translated60"],
+                                    ViTConfig(image_size=100, patch=10, d_model=64, depth=2)])
+def test_counted_multiply_adds_equal_the_formula_for_vit(config):
+    image = torch.rand(1, 1, config.image_size, config.image_size)
+    assert counted_multiply_adds(ViT(config), image) == multiply_adds(config)["total"]
+
+
+def test_counted_multiply_adds_equal_the_formula_for_ram_and_check_their_input():
+    config = PAPER_CONFIGS["cluttered60"]
+    model = RecurrentAttentionModel(config)
+    assert counted_multiply_adds(model, torch.rand(1, 1, 60, 60), sample=False) == multiply_adds_ram(config)["total"]
+    assert model.training, "counting leaves the model's mode as it found it"
+    with pytest.raises(ValueError, match=r"one image of shape \(1, C, H, W\)"):
+        counted_multiply_adds(model, torch.rand(2, 1, 60, 60))
+
+
+def test_search_candidates_vary_one_choice_at_a_time():
+    base = COURSE_CONFIGS["translated60"]
+    assert SEARCH_CANDIDATES["P=12"] == base
+    for name, config in SEARCH_CANDIDATES.items():
+        changed = {k for k, v in config.__dict__.items() if v != base.__dict__[k]}
+        assert len(changed) <= 1, f"{name} changes {changed}"
+        assert 60 % config.patch == 0
+    with pytest.raises(ValueError, match="unknown candidate 'P=7'"):
+        search_row("P=7")
+
+
+def test_the_shipped_search_holds_every_candidate_measured():
+    rows = read_search()
+    assert [row["name"] for row in rows] == list(SEARCH_CANDIDATES)
+    for row in rows:
+        config = ViTConfig(**row["config"])
+        assert config == SEARCH_CANDIDATES[row["name"]]
+        assert row["steps"] == SEARCH_STEPS and row["test_examples"] == 10_000 and 0 < row["error"] < 0.9
+        assert row["parameters"] == parameter_count(config)["total"]
+        assert row["multiply_adds"] == multiply_adds(config)["total"]
+
+
+@needs_mnist
+@pytest.mark.slow
+def test_search_row_trains_and_measures_a_candidate():
+    row = search_row("L=2", steps=5)
+    assert row["steps"] == 5 and row["test_examples"] == 10_000 and 0 < row["error"] <= 1
+    assert row["parameters"] == parameter_count(SEARCH_CANDIDATES["L=2"])["total"]
+    json.dumps(row)  # the tool writes it as JSON

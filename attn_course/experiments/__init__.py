@@ -7,6 +7,6 @@ behind the chapter's figures, and ``SPECS``: the :class:`~attn_course.spec.Model
 each model it trains. :mod:`attn_course.registry` collects the specs from :data:`CHAPTERS`.
 """
 
-from . import draw, r2am, ram, show_attend_tell, transformer, vit
+from . import draw, r2am, ram, scale, show_attend_tell, transformer, vit
 
-CHAPTERS = (ram, draw, show_attend_tell, r2am, transformer, vit)  # in the book's order
+CHAPTERS = (ram, draw, show_attend_tell, r2am, transformer, vit, scale)  # in the book's order

@@ -8,15 +8,21 @@ the digit's box the generator records, and RAM's multiply-adds counted like ViT'
 
 from __future__ import annotations
 
+import dataclasses
+import json
+from pathlib import Path
+
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
 from ..baselines import classification_loss
 from ..data.ram_variants import RAM_VARIANTS
 from ..data.tasks import MNISTVariantTask
-from ..ram import RAMConfig
+from ..ram import RAMConfig, RecurrentAttentionModel, glimpse_paths
 from ..runtime import evaluating
-from ..spec import ModelSpec, Recipe, Target
-from ..vit import ViT, ViTConfig, attention_maps, attention_rollout, class_token_attention, vit_optimizer
+from ..spec import ModelSpec, Recipe, Target, train_model
+from ..vit import (ViT, ViTConfig, attention_maps, attention_rollout, class_token_attention, multiply_adds,
+                   vit_optimizer)
 
 TASKS = ("mnist28", "translated60", "cluttered60")
 
@@ -166,6 +172,65 @@ def attention_statistics(model: ViT, task: MNISTVariantTask, batch_size: int = 5
             "images": total}
 
 
+# --------------------------------------------------------------------------- an intervention: a distractor on the digit
+
+
+def _centred_corner(centre: torch.Tensor, side: int, size: int) -> torch.Tensor:
+    """The top-left pixel of a ``side`` x ``side`` square centred at ``centre`` (B, 2) as (x, y), kept inside."""
+    return (centre - side / 2).round().long().clamp(0, size - side)
+
+
+def with_distractor(images: torch.Tensor, boxes: torch.Tensor, side: int = 12, where: str = "digit") -> torch.Tensor:
+    """Each canvas (B, 1, S, S) with a ``side`` x ``side`` piece of the next canvas's digit (its box centre)
+    pasted by a maximum, either centred on the canvas's own digit box (``where="digit"``) or in the corner
+    farthest from it (``"far"``): the same pixels, placed where they cover the digit or where they do not."""
+    if images.dim() != 4 or images.shape[1] != 1 or boxes.shape != (len(images), 4) or len(images) < 2:
+        raise ValueError(f"expected at least two canvases (B, 1, S, S) and their boxes (B, 4), got "
+                         f"{tuple(images.shape)} and {tuple(boxes.shape)}")
+    if where not in ("digit", "far"):
+        raise ValueError(f"where must be 'digit' or 'far', got {where!r}")
+    size = images.shape[-1]
+    if not 1 <= side <= size:
+        raise ValueError(f"side must be in [1, {size}], got {side}")
+    centres = (boxes[:, :2] + boxes[:, 2:]).float() / 2  # (B, 2) as (x, y)
+    source = _centred_corner(centres.roll(-1, 0), side, size)  # the next canvas's digit
+    if where == "digit":
+        target = _centred_corner(centres, side, size)
+    else:  # the corner of the canvas farthest from the digit's centre
+        target = torch.where(centres > size / 2, 0, size - side).long()
+    out = images.clone()
+    donors = images.roll(-1, 0)
+    for b in range(len(images)):
+        (sx, sy), (tx, ty) = source[b].tolist(), target[b].tolist()
+        piece = donors[b, :, sy:sy + side, sx:sx + side]
+        out[b, :, ty:ty + side, tx:tx + side] = torch.maximum(out[b, :, ty:ty + side, tx:tx + side], piece)
+    return out
+
+
+@torch.no_grad()
+def distractor_errors(vit_model: ViT, ram_model: RecurrentAttentionModel, task: MNISTVariantTask, side: int = 12,
+                      limit: int | None = None) -> dict[str, dict[str, float]]:
+    """Test error of both models on the task's test canvases as they are, with a piece of another digit
+    pasted over the digit, and with the same piece far from it (:func:`with_distractor`); RAM follows the
+    mean of its policy from the centre. ``{"vit" | "ram": {"clean" | "digit" | "far": error}}``."""
+    wrong = {model: {case: 0 for case in ("clean", "digit", "far")} for model in ("vit", "ram")}
+    total = 0
+    for batch in task.test_batches(500):
+        images, labels, boxes = batch["images"], batch["labels"], batch["boxes"]
+        if limit is not None:
+            images, labels, boxes = images[:limit - total], labels[:limit - total], boxes[:limit - total]
+        if len(labels) < 2:
+            break
+        cases = {"clean": images, "digit": with_distractor(images, boxes, side, "digit"),
+                 "far": with_distractor(images, boxes, side, "far")}
+        for case, canvases in cases.items():
+            with evaluating(vit_model):
+                wrong["vit"][case] += int((vit_model(canvases).argmax(-1) != labels).sum())
+            wrong["ram"][case] += int((glimpse_paths(ram_model, canvases)["predicted"] != labels).sum())
+        total += len(labels)
+    return {model: {case: count / total for case, count in cases.items()} for model, cases in wrong.items()}
+
+
 # --------------------------------------------------------------------------- RAM's cost, counted like ViT's
 
 
@@ -194,3 +259,56 @@ def multiply_adds_ram(config: RAMConfig, channels: int = 1) -> dict[str, int]:
     heads = T * h * (config.num_classes + 1) + (T - 1) * h * 2  # action and baseline every step, location T - 1
     counts = {"sensor": sensor, "glimpse_network": glimpse_network, "core": core, "heads": heads}
     return {**counts, "total": sum(counts.values()), "sensor_crop": sensor_crop}
+
+
+def counted_multiply_adds(model: torch.nn.Module, image: torch.Tensor, **options) -> int:
+    """Multiply-adds of the matrix products of one forward pass on ``image`` (1, C, H, W), counted by
+    PyTorch's ``FlopCounterMode`` as it runs (half its FLOPs): the check on :func:`attn_course.vit.multiply_adds`
+    and :func:`multiply_adds_ram`, and the count for models that have no formula (the baselines). ``options``
+    go to the forward pass (RAM: ``sample=False``, the mean of its policy). A ViT runs with its attention
+    written out (its fused kernel is not counted on every backend)."""
+    if not isinstance(image, torch.Tensor) or image.dim() != 4 or len(image) != 1:
+        raise ValueError(f"expected one image of shape (1, C, H, W), got "
+                         f"{tuple(image.shape) if isinstance(image, torch.Tensor) else type(image).__name__}")
+    if isinstance(model, ViT):
+        options = {**options, "return_attention": True}
+    with evaluating(model), torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model(image, **options)
+    return counter.get_total_flops() // 2
+
+
+# --------------------------------------------------------------------------- choosing the patch side and depth
+
+SEARCH_TASK, SEARCH_STEPS = "translated60", 2000
+_BASE = COURSE_CONFIGS["translated60"]
+SEARCH_CANDIDATES = {
+    **{f"P={p}": dataclasses.replace(_BASE, patch=p) for p in (6, 10, 12, 15, 20)},
+    **{f"L={depth}": dataclasses.replace(_BASE, depth=depth) for depth in (2, 6)},
+    "sinusoidal": dataclasses.replace(_BASE, position="sinusoidal"),
+}
+SEARCH_RESULTS = Path(__file__).with_name("vit_search.json")
+
+
+def search_row(name: str, steps: int = SEARCH_STEPS, task: str = SEARCH_TASK, seed: int = 0, device=None,
+               progress: bool = False) -> dict:
+    """Train candidate ``name`` of :data:`SEARCH_CANDIDATES` for ``steps`` with the task's recipe (its rate
+    (6.9) scaled to ``steps``) and measure it: test error on the task's 10,000 canvases, parameters,
+    multiply-adds per image (6.8), wall time."""
+    if name not in SEARCH_CANDIDATES:
+        raise ValueError(f"unknown candidate {name!r}; choose one of {', '.join(SEARCH_CANDIDATES)}")
+    config = SEARCH_CANDIDATES[name]
+    model, result, _ = train_model(VIT, task, steps=steps, seed=seed, device=device, config=config,
+                                   progress=progress)
+    error, total = error_rate(model, MNISTVariantTask(task, device=model.class_token.device))
+    return {"name": name, "config": dataclasses.asdict(config), "task": task, "steps": steps, "seed": seed,
+            "error": error, "test_examples": total, "parameters": sum(p.numel() for p in model.parameters()),
+            "multiply_adds": multiply_adds(config)["total"], "wall_time_s": round(result.wall_time, 1),
+            "device": str(model.class_token.device), "threads": torch.get_num_threads()}
+
+
+def read_search(path: Path = SEARCH_RESULTS) -> list[dict]:
+    """The rows of the search shipped with the course (written by ``tools/vit_search.py``)."""
+    rows = json.loads(Path(path).read_text())["rows"]
+    if not isinstance(rows, list) or not all(isinstance(r, dict) and "error" in r for r in rows):
+        raise ValueError(f"{path} does not hold a list of search rows")
+    return rows

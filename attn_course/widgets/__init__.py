@@ -16,7 +16,7 @@ A later chapter needs only a pure function and its controls::
 This module holds that core and the input checks the chapters share; each chapter's
 widgets live in the module named after the paper module they illustrate:
 :mod:`.glimpse` (chapter 0), :mod:`.ram` (1), :mod:`.draw` (2), :mod:`.show_attend_tell` (3),
-:mod:`.r2am` (4) and :mod:`.transformer` (5).
+:mod:`.r2am` (4), :mod:`.transformer` (5), :mod:`.vit` (6) and :mod:`.scale` (7).
 """
 
 from __future__ import annotations

@@ -50,8 +50,8 @@ def test_the_chapter_registers_gpt_with_two_tasks_that_differ_only_in_positions(
     assert X in CHAPTERS and CHAPTERS[-1] is X
     spec = get_spec("gpt")
     assert spec is X.GPT_SPEC and spec.title == "GPT" and spec.tasks == ("stdlib", "stdlib-learned")
-    assert spec.default_task == "stdlib" and spec.targets == X.TARGETS == {}
-    assert set(X.INTENDED_TARGETS) <= set(spec.tasks)
+    assert spec.default_task == "stdlib" and spec.targets is X.TARGETS and set(X.TARGETS) == set(spec.tasks)
+    assert X.TARGETS["stdlib"].at_most == 1.9
     rotary, learned = spec.config("stdlib"), spec.config("stdlib-learned")
     assert rotary.position == "rotary" and learned.position == "learned"
     assert dataclasses.replace(learned, position="rotary") == rotary

@@ -52,6 +52,10 @@ def test_every_target_has_its_shipped_checkpoint():
 @pytest.mark.parametrize("name", SHIPPED)
 def test_checkpoint_reproduces_its_card(name):
     card = read_card(PRETRAINED_DIR / f"{name}.pt")
+    if card["model"] == "gpt":  # its text is this Python's standard library: the card holds for that one only
+        from attn_course.experiments.scale import load_corpus
+        if load_corpus().sha256 not in card["data"]:
+            pytest.skip(f"{name} was measured on another Python's standard library: {card['data']}")
     spec = get_spec(card["model"])
     model = load_pretrained(card["model"], card["task"], device="cpu")
     metrics, count = spec.evaluate(model, card["task"], torch.device("cpu"))

@@ -21,7 +21,7 @@ timed = @start=$$(date +%s); $(2); status=$$?; \
 	echo "[make] $(1): $$(( $$(date +%s) - start )) s"; exit $$status
 
 .PHONY: setup browser book test quick unit unit-quick notebooks nbval book-build book-strict browser-test \
-	stress info clean student gpu-profile
+	stress info clean student gpu-profile web web-runtime web-models serve
 
 $(STAMP): pyproject.toml
 	@start=$$(date +%s); \
@@ -50,13 +50,40 @@ check_build_reports = @reports=$$(find _build/html/reports -type f 2>/dev/null);
 	if [ -n "$$reports" ]; then echo "FAILED notebooks in the book build; reports:" >&2; \
 	echo "$$reports" | sed 's/^/  /' >&2; exit 1; fi
 
-book: notebooks
+# The live demos (book/_ext/live_demos.py): onnxruntime-web pinned by web/package-lock.json (npm ci checks
+# its sha512; the extension checks each file's SHA-256), and the models exported from the shipped checkpoints.
+WEB_RUNTIME := web/node_modules/onnxruntime-web/package.json
+WEB_MODELS := _build/web/demos.json
+
+$(WEB_RUNTIME): web/package.json web/package-lock.json
+	@command -v npm >/dev/null || { \
+		echo "installing Debian's nodejs and npm for the live demos' runtime"; \
+		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+		$$SUDO apt-get update -q && $$SUDO apt-get install -y -q nodejs npm; }
+	$(call timed,web runtime,npm ci --prefix web --ignore-scripts --no-audit --no-fund --loglevel=error)
+	@touch $@
+
+$(WEB_MODELS): $(STAMP) attn_course/web.py attn_course/transformer.py attn_course/ram.py \
+		attn_course/checkpoints/transformer-dates.pt attn_course/checkpoints/ram-mnist28.pt
+	$(call timed,web models,$(BIN)/python -m attn_course export-web --out _build/web --no-parity)
+
+web-runtime: $(WEB_RUNTIME)
+web-models: $(WEB_MODELS)
+web: web-runtime web-models
+
+# Serve the built book on localhost: the live demos need http (a page opened from a file shows their figures).
+PORT ?= 8000
+serve:
+	@test -f _build/html/index.html || { echo "no book in _build/html: run make book first" >&2; exit 1; }
+	$(BIN)/python tools/serve_book.py --port $(PORT)
+
+book: notebooks web
 	@rm -rf _build/html/reports
 	$(call timed,book build,$(BIN)/jupyter-book build --all $(JB_FLAGS) .)
 	$(check_build_reports)
 	@echo "The book: $(CURDIR)/_build/html/index.html"
 
-book-strict: setup
+book-strict: setup web
 	@rm -rf _build/html/reports
 	$(call timed,book build -W,$(BIN)/jupyter-book build --all -W $(JB_FLAGS) .)
 	$(check_build_reports)

@@ -367,7 +367,31 @@ def build_parser() -> argparse.ArgumentParser:
     ship.add_argument("--float16", action="store_true", help="store the weights in half precision (half the size)")
     ship.add_argument("--to", default=None, help="the folder to write to (default: the package's pretrained folder)")
     ship.add_argument("--device", default="cpu", help="where to evaluate (default: cpu, as the tests re-evaluate)")
+    web = sub.add_parser("export-web", help="write the book's live-demo models (ONNX) from the shipped checkpoints, "
+                         "and check them against PyTorch")
+    web.add_argument("--out", required=True, help="the folder to write to (the book build reads _build/web)")
+    web.add_argument("--no-parity", action="store_true", help="skip the check against PyTorch")
     return parser
+
+
+def cmd_export_web(args) -> int:
+    """Export the live demos' models; with the parity check, fail unless onnxruntime decodes and classifies
+    exactly as PyTorch does."""
+    from . import web
+    started = time.perf_counter()
+    files = web.export_web(args.out)
+    for name, about in files.items():
+        print(f"wrote {Path(args.out) / name} ({about['bytes'] / 2**20:.2f} MiB, sha256 {about['sha256'][:12]})")
+    print(f"exported in {time.perf_counter() - started:.1f} s")
+    if args.no_parity:
+        return 0
+    started = time.perf_counter()
+    figures = web.parity(args.out, dates=50, digits=100)
+    print(json.dumps(figures))
+    print(f"parity checked in {time.perf_counter() - started:.1f} s")
+    if figures["dates_same"] != figures["dates_total"] or figures["digits_same"] != figures["digits_total"]:
+        raise CommandError(f"the exported models disagree with PyTorch: {figures}")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -391,6 +415,8 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_train(args, argv)
         if args.command == "ship":
             return cmd_ship(args, argv)
+        if args.command == "export-web":
+            return cmd_export_web(args)
         return cmd_evaluate(args)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -23,7 +23,8 @@ attention without the matrix, then builds a small decoder-only model and makes i
     K_1..t = [K_1..t-1; k_t],  V_1..t = [V_1..t-1; v_t],  o_t = softmax(q_t K_1..t^T / sqrt(d_k)) V_1..t
         the KV cache: one decoding step costs O(t d) instead of re-running the prefix               (7.9)
     bytes = 2 L B t g d_k s   (keys and values, L layers, batch B, t tokens, s bytes a number)      (7.10)
-    h_0 = E[x_t] + P[t]  (learned positions; no P with rotary ones, which turn q and k instead),
+    h_0 = E[x_t] + P[t]  (learned positions; no P with rotary ones, which turn q and k instead;
+        P[t]_{2i}, P[t]_{2i+1} = sin t theta_i, cos t theta_i with sinusoidal ones, chapter 5's (5.4)),
     h'_l = h_{l-1} + Attn(LN(h_{l-1})),  h_l = h'_l + MLP(LN(h'_l)),  logits = LN(h_L) E^T          (7.11)
     L = -(1/T) sum_t log p(x_{t+1} | x_1..x_t),   bits per character = L / ln 2                     (7.12)
     x_{t+1} = argmax logits (temperature 0), else a draw from softmax(logits / temperature)         (7.13)
@@ -54,6 +55,9 @@ import torch.nn.functional as F
 from torch import nn
 
 
+POSITIONS = ("learned", "sinusoidal", "rotary")
+
+
 @dataclass(frozen=True)
 class GPTConfig:
     """The decoder's sizes (7.11). The defaults are a small character-level model (GPT-1: 12 layers, d_model 768,
@@ -67,7 +71,7 @@ class GPTConfig:
     kv_heads: int | None = None  # g of (7.8): None = heads (multi-head), 1 (multi-query), a divisor of h (grouped)
     mlp_ratio: int = 4  # the MLP's hidden width is mlp_ratio d_model
     dropout: float = 0.0
-    position: str = "learned"  # "learned" (P of (7.11)) or "rotary" (7.6)
+    position: str = "learned"  # "learned" (P of (7.11)), "sinusoidal" (chapter 5's (5.4)) or "rotary" (7.6)
     rope_base: float = 10000.0  # the 10000 of theta_i (7.6)
 
     def __post_init__(self):
@@ -82,8 +86,11 @@ class GPTConfig:
             divisors = [d for d in range(1, self.heads + 1) if self.heads % d == 0]
             raise ValueError(f"kv_heads must be None or a divisor of heads ({self.heads}): one of {divisors}, "
                              f"got {g!r}")
-        if self.position not in ("learned", "rotary"):
-            raise ValueError(f"position must be 'learned' or 'rotary', got {self.position!r}")
+        if self.position not in POSITIONS:
+            raise ValueError(f"position must be 'learned', 'sinusoidal' or 'rotary', got {self.position!r}")
+        if self.position == "sinusoidal" and self.d_model % 2:
+            raise ValueError(f"sinusoidal positions pair a sine with a cosine: d_model must be even, "
+                             f"got {self.d_model}")
         if self.position == "rotary" and self.d_k % 2:
             raise ValueError(f"rotary positions (7.6) rotate pairs of dimensions: d_k = d_model / heads must be even, "
                              f"got {self.d_k}")
@@ -309,6 +316,13 @@ def rope_complex(x: torch.Tensor, positions: torch.Tensor, base: float = 10000.0
     return torch.view_as_real(z * torch.polar(torch.ones_like(angles), angles)).flatten(-2).to(x.dtype)
 
 
+def sinusoidal_positions(positions: torch.Tensor, d: int, base: float = 10000.0) -> torch.Tensor:
+    """Chapter 5's (5.4) at ``positions`` (T,) -> (T, d): columns 2i and 2i+1 are sin and cos of m theta_i, the
+    angles RoPE (7.6) turns q and k by; here they are added to the embedding instead."""
+    angles = rope_angles(positions, d, base)
+    return torch.stack([angles.sin(), angles.cos()], -1).flatten(-2).float()
+
+
 # --------------------------------------------------------------------------- E. the KV cache: (7.8)-(7.10)
 
 
@@ -429,8 +443,8 @@ class Block(nn.Module):
 
 
 class GPT(nn.Module):
-    """The decoder of (7.11): token embedding E (tied with the output layer), learned positions P or rotary ones,
-    L pre-norm blocks, a final LayerNorm and logits LN(h_L) E^T."""
+    """The decoder of (7.11): token embedding E (tied with the output layer), positions P (learned or sinusoidal)
+    or rotary ones, L pre-norm blocks, a final LayerNorm and logits LN(h_L) E^T."""
 
     def __init__(self, config: GPTConfig = GPTConfig()):
         super().__init__()
@@ -440,6 +454,9 @@ class GPT(nn.Module):
         self.E = nn.Embedding(config.vocab_size, config.d_model)
         if config.position == "learned":
             self.P = nn.Parameter(torch.randn(config.context, config.d_model) * 0.02)
+        elif config.position == "sinusoidal":
+            table = sinusoidal_positions(torch.arange(config.context), config.d_model, config.rope_base)
+            self.register_buffer("P", table, persistent=False)
         self.dropout = nn.Dropout(config.dropout)
         self.blocks = nn.ModuleList(Block(config) for _ in range(config.layers))
         self.norm = nn.LayerNorm(config.d_model)
@@ -481,7 +498,7 @@ class GPT(nn.Module):
         if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= c.vocab_size):
             raise ValueError(f"token ids must lie in [0, {c.vocab_size}), got {int(ids.min())} .. {int(ids.max())}")
         h = self.E(ids)
-        if c.position == "learned":
+        if c.position != "rotary":
             h = h + self.P[t:t + ids.shape[1]]
         h = self.dropout(h)
         for l, block in enumerate(self.blocks):

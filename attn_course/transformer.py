@@ -394,6 +394,10 @@ class Transformer(nn.Module):
         """``src`` (B, S) ids -> memories z (B, S, d_model), the padding mask (B, 1, 1, S), and the
         self-attention weights of every layer (B, h, S, S) (``None`` unless ``need_weights``)."""
         self._check_tokens(src, "src")
+        return self._encode(src, need_weights)
+
+    def _encode(self, src: torch.Tensor, need_weights: bool = False):
+        """:meth:`encode` without the check of the ids' values (what exports to ONNX)."""
         mask = padding_mask(src)
         x, weights = self.embed(src), []
         for layer in self.encoder:
@@ -406,6 +410,11 @@ class Transformer(nn.Module):
         """``tgt`` (B, T) ids (BOS first) -> logits (B, T, vocab) for the next token at every position,
         and per layer the causal self-attention (B, h, T, T) and cross-attention (B, h, T, S) weights."""
         self._check_tokens(tgt, "tgt")
+        return self._decode(tgt, memory, memory_mask, need_weights)
+
+    def _decode(self, tgt: torch.Tensor, memory: torch.Tensor, memory_mask: torch.Tensor | None,
+                need_weights: bool = False):
+        """:meth:`decode` without the check of the ids' values (what exports to ONNX)."""
         y, self_weights, cross_weights = self.embed(tgt), [], []
         for layer in self.decoder:
             y, w_self, w_cross = layer(y, memory, memory_mask, need_weights)

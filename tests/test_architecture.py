@@ -14,7 +14,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "attn_course"
 
 SHARED = {"runtime", "history", "checkpoints", "viz", "attention", "decoding", "data"}  # used by every layer above
 TRAINING = {"train", "spec"}  # the one training loop, and what a chapter declares for it
-TOP = {"registry", "__main__", "__init__", "experiments", "widgets", "exercises"}
+TOP = {"registry", "__main__", "__init__", "experiments", "widgets", "exercises", "web"}
 PAPERS = {p.stem for p in PACKAGE.glob("*.py")} - SHARED - TRAINING - TOP  # one module per paper
 
 ALLOWED = {  # layer -> the layers it may import
@@ -26,7 +26,8 @@ ALLOWED = {  # layer -> the layers it may import
     "widgets": {"shared", "paper", "experiments", "widgets"},
     "exercises": {"shared", "spec", "paper", "experiments", "exercises"},  # the training checks train through spec
     "registry": {"shared", "train", "spec", "paper", "experiments"},
-    "__main__": {"shared", "train", "spec", "registry", "package"},
+    "web": {"shared", "paper", "registry"},  # the live demos' export: shipped models, as the reader loads them
+    "__main__": {"shared", "train", "spec", "registry", "web", "package"},
     "package": set(),
 }
 
@@ -41,7 +42,7 @@ def layer_of(module: str) -> str:
     if top in PAPERS:
         return "paper"
     return {"train": "train", "spec": "spec", "registry": "registry", "__main__": "__main__",
-            "experiments": "experiments", "widgets": "widgets", "exercises": "exercises",
+            "experiments": "experiments", "widgets": "widgets", "exercises": "exercises", "web": "web",
             "__init__": "package"}[top]
 
 

@@ -49,7 +49,7 @@ def corpus_file(tmp_path, monkeypatch):
 def test_the_chapter_registers_gpt_with_two_tasks_that_differ_only_in_positions():
     assert X in CHAPTERS and CHAPTERS[-1] is X
     spec = get_spec("gpt")
-    assert spec is X.GPT_SPEC and spec.title == "GPT" and spec.tasks == ("stdlib", "stdlib-learned")
+    assert spec is X.GPT_SPEC and spec.title == "GPT" and spec.tasks == ("stdlib", "stdlib-learned", "stdlib-sinusoidal")
     assert spec.default_task == "stdlib" and spec.targets is X.TARGETS and set(X.TARGETS) == set(spec.tasks)
     assert X.TARGETS["stdlib"].at_most == 1.9
     rotary, learned = spec.config("stdlib"), spec.config("stdlib-learned")
@@ -207,6 +207,10 @@ def test_rotary_models_read_past_their_context_and_learned_ones_say_why_not(corp
     assert learned_rows[1]["bits_per_char"] is None and "P has 16 rows" in learned_rows[1]["why"]
     table = X.summary(rows + learned_rows)
     assert table.count("\n") == 5 and "P has 16 rows" in table
+    sinusoidal = tiny_model("sinusoidal")
+    with torch.no_grad():
+        assert torch.allclose(X.with_context(sinusoidal, 32)(ids), sinusoidal(ids), atol=1e-6)
+    assert X.extrapolation(sinusoidal, data, [32], characters=256)[0]["beyond"] is not None
 
 
 # --------------------------------------------------------------------------- training through the registry
@@ -300,4 +304,4 @@ def test_decoding_with_the_cache_writes_the_same_tokens_and_the_trace_records_it
 
 def test_info_lists_the_model(capsys):
     assert main(["info"]) == 0
-    assert "gpt (stdlib|stdlib-learned)" in capsys.readouterr().out
+    assert "gpt (stdlib|stdlib-learned|stdlib-sinusoidal)" in capsys.readouterr().out

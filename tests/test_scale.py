@@ -17,7 +17,8 @@ import attn_course.scale as scale
 from attn_course.scale import (GPT, CharTokenizer, GPTConfig, KVCache, attention, blocked_attention, causal_mask,
                                expand_kv, fused_attention, generate, kv_cache_bytes, kv_cache_step, next_token_loss,
                                online_normalizer, online_softmax, online_softmax_update, parameter_count, rope,
-                               rope_angles, rope_complex, sample_windows, sdpa_backend, split_by_position,
+                               rope_angles, rope_complex, sample_windows, sdpa_backend, sinusoidal_positions,
+                               split_by_position,
                                stdlib_corpus, stdlib_files, text_corpus)
 
 
@@ -243,8 +244,10 @@ def test_config_validates_kv_heads_and_positions():
     assert GPTConfig(heads=4, kv_heads=1).g == 1
     with pytest.raises(ValueError, match=r"divisor of heads \(4\): one of \[1, 2, 4\]"):
         GPTConfig(heads=4, kv_heads=3)
-    with pytest.raises(ValueError, match="'learned' or 'rotary'"):
-        GPTConfig(position="sinusoidal")
+    with pytest.raises(ValueError, match="'learned', 'sinusoidal' or 'rotary'"):
+        GPTConfig(position="alibi")
+    with pytest.raises(ValueError, match="d_model must be even"):
+        GPTConfig(d_model=9, heads=1, position="sinusoidal")
     with pytest.raises(ValueError, match="must be even"):
         GPTConfig(d_model=12, heads=4, position="rotary")
     with pytest.raises(ValueError, match="d_model"):
@@ -269,13 +272,24 @@ def spread(model):
     return model.eval()
 
 
-@pytest.mark.parametrize("config", [tiny(), tiny("rotary", 2), tiny("learned", 1), tiny(dropout=0.1)],
-                         ids=["mha", "gqa_rotary", "mqa", "dropout"])
+@pytest.mark.parametrize("config", [tiny(), tiny("rotary", 2), tiny("learned", 1), tiny(dropout=0.1),
+                                    tiny("sinusoidal")], ids=["mha", "gqa_rotary", "mqa", "dropout", "sinusoidal"])
 def test_parameter_count_matches_the_model(config):
     model = GPT(config)
     counts = parameter_count(config)
     assert counts["total"] == sum(p.numel() for p in model.parameters())
     assert counts["position"] == (24 * 16 if config.position == "learned" else 0)
+
+
+def test_sinusoidal_positions_are_chapter_5s_encoding_at_the_rotary_angles():
+    from attn_course.transformer import positional_encoding
+    table = sinusoidal_positions(torch.arange(50), 16)
+    assert torch.allclose(table, positional_encoding(50, 16), atol=1e-6)
+    angles = rope_angles(torch.arange(50), 16)
+    assert torch.allclose(table[:, 0::2], angles.sin().float()) and torch.allclose(table[:, 1::2], angles.cos().float())
+    model = GPT(tiny("sinusoidal"))
+    assert "P" not in model.state_dict() and not any(p.shape == (24, 16) for p in model.parameters())
+    assert torch.allclose(model.P, sinusoidal_positions(torch.arange(24), 16))
 
 
 def test_the_decoder_is_causal():
@@ -322,7 +336,7 @@ def test_next_token_loss_starts_at_log_vocab_and_falls():
 # --------------------------------------------------------------------------- (7.9)-(7.13) the KV cache and decoding
 
 
-@pytest.mark.parametrize("position", ["learned", "rotary"])
+@pytest.mark.parametrize("position", ["learned", "sinusoidal", "rotary"])
 @pytest.mark.parametrize("kv_heads", [None, 2, 1], ids=["mha", "gqa", "mqa"])
 def test_cached_and_uncached_greedy_decoding_agree(kv_heads, position):
     torch.manual_seed(1)

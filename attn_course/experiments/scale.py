@@ -4,7 +4,7 @@ The paper module is :mod:`attn_course.scale`; here are the course's model size, 
 character alphabet (so that a checkpoint reads the same ids on every machine), the text
 (the standard library, or the reader's own file named by ``ATTN_COURSE_CORPUS``) split by
 position, the recipe, the validation loss in nats and bits per character (7.12) a card
-records, rotary against learned positions beyond the trained context, sampling (7.13), and
+records, rotary against learned and sinusoidal positions beyond the trained context, sampling (7.13), and
 the measurements behind the chapter's figures: attention weights per layer and head, the
 time and peak memory of attention (7.1) written out, fused and blocked (7.4), and decoding
 with and without the KV cache (7.9).
@@ -29,7 +29,7 @@ from ..scale import (GPT, CharTokenizer, Corpus, GPTConfig, attention, blocked_a
                      text_corpus)
 from ..spec import ModelSpec, Recipe, Target
 
-TASKS = ("stdlib", "stdlib-learned")
+TASKS = ("stdlib", "stdlib-learned", "stdlib-sinusoidal")
 CORPUS_ENV = "ATTN_COURSE_CORPUS"  # a UTF-8 text file to train on instead of the standard library
 MAX_CHARS = 4_000_000  # of the corpus: the standard library's first 4 million characters (in its shuffled order)
 VALIDATION = 0.1  # the last tenth of the text, by position, is held out
@@ -77,13 +77,14 @@ VOCAB_SIZE = TOKENIZER.vocab_size  # 98
 
 # The course's model: d_model 64, 4 layers of 4 query heads sharing 2 key/value heads (7.8), a context of 128
 # characters; 189,696 parameters. One step of batch 32 takes 130 to 150 ms on one CPU thread, so the full profile's
-# 10,000 steps take 22 to 25 minutes. "stdlib-learned" is the same model with learned positions, for the comparison
-# with rotary ones at equal steps.
+# 10,000 steps take 22 to 25 minutes. "stdlib-learned" and "stdlib-sinusoidal" are the same model with learned
+# positions and with chapter 5's sinusoidal ones, for the comparison with rotary ones at equal steps.
 COURSE_CONFIGS = {
     "stdlib": GPTConfig(vocab_size=VOCAB_SIZE, context=128, d_model=64, layers=4, heads=4, kv_heads=2,
                         position="rotary"),
 }
 COURSE_CONFIGS["stdlib-learned"] = dataclasses.replace(COURSE_CONFIGS["stdlib"], position="learned")
+COURSE_CONFIGS["stdlib-sinusoidal"] = dataclasses.replace(COURSE_CONFIGS["stdlib"], position="sinusoidal")
 WARMUP = 100  # steps of linear warm-up, at most a tenth of a shorter run
 
 
@@ -117,6 +118,8 @@ TARGETS = {
     "stdlib": Target("bits_per_char", at_most=1.9, why="more than 2.6 bits per character below a model that ignores "
                                                        "the context (4.58)"),
     "stdlib-learned": Target("bits_per_char", why="learned positions, for the comparison with rotary ones"),
+    "stdlib-sinusoidal": Target("bits_per_char", why="chapter 5's sinusoidal positions, for the comparison with "
+                                                     "rotary ones"),
 }
 
 # --------------------------------------------------------------------------- the text
@@ -257,12 +260,12 @@ SPECS = (GPT_SPEC,)
 
 
 def with_context(model: GPT, context: int) -> GPT:
-    """A copy of a rotary ``model`` that reads up to ``context`` characters: rotary positions (7.6) add no weights,
-    so the same weights serve any length. Learned positions have a row of P per position and cannot."""
+    """A copy of ``model`` that reads up to ``context`` characters: rotary (7.6) and sinusoidal positions add no
+    weights, so the same weights serve any length. Learned positions have a row of P per position and cannot."""
     if not isinstance(model, GPT):
         raise TypeError(f"model must be a GPT, got {type(model).__name__}")
     c = model.config
-    if c.position != "rotary" and context > c.context:
+    if c.position == "learned" and context > c.context:
         raise ValueError(f"learned positions: P has {c.context} rows, none for positions {c.context} and beyond")
     longer = GPT(dataclasses.replace(c, context=context)).to(model.E.weight.device)
     longer.load_state_dict(model.state_dict())
@@ -274,7 +277,7 @@ def extrapolation(model: GPT, data: TextData, lengths: Iterable[int], characters
     the held-out text: one row per length with ``nats_per_char``, ``bits_per_char``, and ``beyond`` (the mean loss
     at the positions the model never trained on, >= its context; None for shorter windows).
 
-    A rotary model is read at any length (:func:`with_context`); a learned-position model
+    A rotary or sinusoidal model is read at any length (:func:`with_context`); a learned-position model
     beyond its context gets a row of None with ``why`` (P has no row for those positions).
     """
     if not isinstance(model, GPT):
@@ -284,7 +287,7 @@ def extrapolation(model: GPT, data: TextData, lengths: Iterable[int], characters
         if isinstance(length, bool) or not isinstance(length, int) or length < 1:
             raise ValueError(f"lengths must be positive ints, got {length!r}")
         row = {"length": length, "nats_per_char": None, "bits_per_char": None, "beyond": None, "why": ""}
-        if length > trained and model.config.position != "rotary":
+        if length > trained and model.config.position == "learned":
             row["why"] = f"learned positions: P has {trained} rows, none for positions {trained} and beyond"
             rows.append(row)
             continue

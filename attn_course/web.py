@@ -26,12 +26,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 import warnings
 from pathlib import Path
 
 import torch
 from torch import nn
+
+from .checkpoints import atomic_write_bytes
 
 OPSET = 18
 FILES = ("dates-encoder.onnx", "dates-decoder.onnx", "ram-mnist28-step.onnx", "demos.json")
@@ -88,7 +89,7 @@ class RAMGlimpseStep(nn.Module):
 
 def _export(module: nn.Module, args: tuple, path: Path, inputs: list[str], outputs: list[str],
             dynamic: dict | None = None) -> None:
-    """torch.onnx.export (the dynamo exporter) into a temporary file, renamed onto ``path`` when complete."""
+    """torch.onnx.export (the dynamo exporter), written to ``path`` through a temporary file."""
     try:
         import onnx  # noqa: F401  (the exporter needs onnx and onnxscript)
         import onnxscript  # noqa: F401
@@ -96,21 +97,11 @@ def _export(module: nn.Module, args: tuple, path: Path, inputs: list[str], outpu
         raise RuntimeError("exporting the web models needs onnx and onnxscript: pip install onnx onnxscript "
                            "(both are in the course's dev set-up)") from error
     module.eval()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, suffix=".onnx.tmp")
-    os.close(handle)
-    try:
-        with warnings.catch_warnings(), torch.no_grad():
-            warnings.simplefilter("ignore")
-            program = torch.onnx.export(module, args, dynamo=True, opset_version=OPSET, input_names=inputs,
-                                        output_names=outputs, dynamic_shapes=dynamic, verbose=False,
-                                        external_data=False)
-            program.save(temporary)
-        os.chmod(temporary, 0o644)
-        os.replace(temporary, path)
-    finally:
-        if os.path.exists(temporary):
-            os.remove(temporary)
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        program = torch.onnx.export(module, args, dynamo=True, opset_version=OPSET, input_names=inputs,
+                                    output_names=outputs, dynamic_shapes=dynamic, verbose=False)
+    atomic_write_bytes(program.model_proto.SerializeToString(), path)
 
 
 def _sha256(path: Path) -> str:
@@ -253,7 +244,7 @@ def export_web(out: str | os.PathLike) -> dict[str, dict]:
                            "predicted": by_hand["predicted"].tolist()}},
         "filterbank": {"A": 28, "B": 28, "digit": 0, "cases": _filterbank_reference(digits[0])},
     }
-    _write_text(out / "demos.json", json.dumps(demos, separators=(",", ":")))
+    atomic_write_bytes(json.dumps(demos, separators=(",", ":")).encode(), out / "demos.json")
     return {name: {"bytes": (out / name).stat().st_size, "sha256": _sha256(out / name)} for name in FILES}
 
 
@@ -274,18 +265,6 @@ def _date_reference(model, texts) -> list[dict]:
         output = decode(predict(model, encode_batch([text]), ISO_LENGTH + 1)[0])
         rows.append({"text": text, "output": output, "iso_shape": is_iso_date(output)})
     return rows
-
-
-def _write_text(path: Path, text: str) -> None:
-    handle, temporary = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as file:
-            file.write(text)
-        os.chmod(temporary, 0o644)
-        os.replace(temporary, path)
-    finally:
-        if os.path.exists(temporary):
-            os.remove(temporary)
 
 
 # --------------------------------------------------------------------------- parity

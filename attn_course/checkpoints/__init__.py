@@ -148,6 +148,11 @@ def atomic_write_json(obj: Any, path: str | Path) -> Path:
     return _atomic_write(path, lambda f: f.write(data))
 
 
+def atomic_write_bytes(data: bytes, path: str | Path) -> Path:
+    """Write ``data`` to ``path`` through a temporary file beside it, renamed into place when complete."""
+    return _atomic_write(path, lambda f: f.write(data))
+
+
 def check_writable(path: str | Path) -> Path:
     """Check that the file ``path`` can be written: create its folder and a test file there, then remove it.
 

@@ -272,6 +272,8 @@ def cmd_train(args: argparse.Namespace, argv: list[str]) -> int:
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "history": result.history.state_dict(),
         }
+        if spec.card_extras is not None:
+            card.update(spec.card_extras(model, task, device))
         try:
             weights, card_path = save_pretrained(model, run["model_config"], card, out)
         except OSError as error:
@@ -323,6 +325,8 @@ def cmd_ship(args: argparse.Namespace, argv: list[str]) -> int:
     metrics, count = spec.evaluate(model, task, device)
     kept = {k: v for k, v in card.items() if k not in FILE_KEYS}
     shipped_card = {**kept, "metrics": metrics, "test_examples": count, "shipped_with": _command_line(argv)}
+    if spec.card_extras is not None:  # from the weights the shipped file holds
+        shipped_card.update(spec.card_extras(model, task, device))
     if args.float16:
         shipped_card["metrics_float32"] = card["metrics"]
     try:

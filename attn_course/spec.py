@@ -155,6 +155,9 @@ class ModelSpec:
     # the config fields a given config does not use (an option left off, a kernel its block lacks): left out of
     # the stored config, so that checkpoints written before such a field existed keep loading
     unused_fields: Callable[[Any], tuple[str, ...]] | None = None
+    # what a card records beside the metrics, from the trained model (a language model's samples): a dict merged
+    # into the card by train and by ship
+    card_extras: Callable[[nn.Module, str, torch.device], Mapping[str, Any]] | None = None
 
     def __post_init__(self):
         missing = [task for task in self.tasks if task not in self.recipes]

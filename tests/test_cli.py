@@ -565,3 +565,22 @@ def test_set_changes_the_config_that_is_trained_and_recorded(monkeypatch, tmp_pa
     assert "--set gate: expected true or false" in error_line(capsys, "train", "sat", "--set", "gate=maybe",
                                                               "--out", out)
     assert "--set T:" in error_line(capsys, "train", "r2am", "--set", "T=two", "--out", out)
+
+
+@needs_mnist
+def test_ship_adds_what_the_spec_records_beside_the_metrics(tmp_path, capsys, monkeypatch):
+    import dataclasses
+
+    from attn_course import registry
+    from attn_course.checkpoints import read_card
+
+    spec = dataclasses.replace(get_spec("fc"), card_extras=lambda model, task, device: {
+        "samples": [{"task": task, "parameters": sum(p.numel() for p in model.parameters())}]})
+    monkeypatch.setattr(registry, "get_spec", lambda name: spec)
+    torch.manual_seed(0)
+    model = spec.build(spec.model_config("mnist28"))
+    card = {"model": "fc", "task": "mnist28", "metrics": {"error": 0.5, "accuracy": 0.5}, "steps": 3}
+    trained, _ = save_pretrained(model, spec.model_config("mnist28"), card, tmp_path / "runs" / "fc.pt")
+    assert main(["ship", "fc", "--task", "mnist28", "--checkpoint", str(trained), "--to", str(tmp_path / "s")]) == 0
+    shipped = read_card(tmp_path / "s" / "fc-mnist28.pt")
+    assert shipped["samples"] == [{"task": "mnist28", "parameters": sum(p.numel() for p in model.parameters())}]

@@ -235,6 +235,16 @@ def test_twenty_steps_through_the_registry_lower_the_validation_loss(tmp_path, m
 # --------------------------------------------------------------------------- sampling (7.13)
 
 
+def test_a_card_records_seeded_samples_from_each_prompt():
+    model = tiny_model()
+    extras = X.GPT_SPEC.card_extras(model, "stdlib", "cpu")
+    assert [(s["prompt"], s["temperature"]) for s in extras["samples"]] == [
+        (prompt, temperature) for prompt in X.CARD_PROMPTS for temperature in (0.0, 0.8)]
+    assert all(s["text"].startswith(s["prompt"]) and len(s["text"]) == len(s["prompt"]) + 160
+               for s in extras["samples"])
+    assert X.GPT_SPEC.card_extras(model, "stdlib", "cpu") == extras, "seeded: the same samples again"
+
+
 def test_sampling_is_seeded_and_slides_past_the_context():
     model = tiny_model()
     text = X.sample_text(model, "def ", 40, temperature=1.0, seed=3)

@@ -236,6 +236,17 @@ def _evaluate(model: GPT, task: str, device) -> tuple[dict[str, float], int]:
     return {"bits_per_char": result["bits_per_char"], "nats_per_char": result["nats_per_char"]}, result["characters"]
 
 
+# What a card records of the model's writing: each prompt continued at temperature 0 (greedy) and 0.8 (seed 0).
+CARD_PROMPTS = ("def ", "import os\n", "class Parser:\n    def __init__(self")
+
+
+def _card_samples(model: GPT, task: str, device) -> dict:
+    samples = [{"prompt": prompt, "temperature": temperature, "seed": 0,
+                "text": sample_text(model, prompt, 160, temperature=temperature, seed=0)}
+               for prompt in CARD_PROMPTS for temperature in (0.0, 0.8)]
+    return {"samples": samples}
+
+
 def _check_config(task: str, config: GPTConfig) -> None:
     if config.vocab_size != VOCAB_SIZE:
         raise ValueError(f"config.vocab_size is {config.vocab_size}, but the alphabet has {VOCAB_SIZE} ids")
@@ -250,7 +261,8 @@ GPT_SPEC = ModelSpec(
                             "4 heads over 2 key/value heads, a context of 128",
     title="GPT", tasks=TASKS, config_class=GPTConfig, model_class=GPT, config=COURSE_CONFIGS.__getitem__,
     data=text_data, loss=lambda task: next_token_loss, evaluate=_evaluate, validate=_validate, recipes=RECIPES,
-    targets=TARGETS, check_config=_check_config, default_task="stdlib")
+    targets=TARGETS, check_config=_check_config, default_task="stdlib",
+    card_extras=_card_samples)
 SPECS = (GPT_SPEC,)
 
 

@@ -33,8 +33,12 @@ start("ram", async (app, demos, block) => {
   const next = element("button", { type: "button", text: "next glimpse" });
   const all = element("button", { type: "button", text: `all ${spec.num_glimpses}` });
   const restart = element("button", { type: "button", text: "start again" });
-  next.addEventListener("click", () => run(() => glimpse(mu)));
-  all.addEventListener("click", () => run(async () => { while (glimpses.length < spec.num_glimpses) await glimpse(mu); }));
+  // asking for a glimpse ends drawing: from then on a click places the next glimpse
+  next.addEventListener("click", () => { drawing = false; run(() => glimpse(mu)); });
+  all.addEventListener("click", () => {
+    drawing = false;
+    run(async () => { while (glimpses.length < spec.num_glimpses) await glimpse(mu); });
+  });
   restart.addEventListener("click", () => run(async () => reset()));
   app.append(picker, element("p", {}, next, " ", all, " ", restart),
              element("div", { class: "live-demo-row" }, canvas, bars), status);
@@ -142,6 +146,7 @@ start("ram", async (app, demos, block) => {
       : last ? `after glimpse ${glimpses.length} of ${spec.num_glimpses}: class ${predicted}` +
                (glimpses.length < spec.num_glimpses ? " (dashed: where the policy looks next; click to look elsewhere)" : "")
              : "The first glimpse is at the centre; click the digit to put it elsewhere.";
+    block.ramImage = image; // the pixels the model reads, for the browser test
     block.dataset.glimpses = String(glimpses.length);
     block.dataset.locations = JSON.stringify(glimpses.map(({ l }) => l));
     block.dataset.probabilities = JSON.stringify(glimpses.map(({ probabilities }) => probabilities));

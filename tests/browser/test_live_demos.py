@@ -22,7 +22,11 @@ import time
 from urllib.parse import urlparse
 
 import pytest
+import torch
 from test_built_book import LOCAL_HOSTS, SITE, browser, server, unavailable  # noqa: F401 (fixtures)
+
+from attn_course.ram import glimpse_paths
+from attn_course.registry import load_pretrained
 
 pytestmark = pytest.mark.browser
 
@@ -136,6 +140,23 @@ def test_the_ram_demo_follows_the_package_policy(open_demo):
     expected = spec["placed"]["locations"][0]
     assert max(abs(a - b) for step, ref in zip(locations, expected) for a, b in zip(step, ref)) < 1e-4
     assert int(dataset(page, "ram", "predicted")) == spec["placed"]["predicted"][0]
+    # a digit drawn with the mouse: the page reads it as the package does
+    page.click(f"{block('ram')} button:text('draw your own')")
+    box = page.locator(f"{block('ram')} canvas").bounding_box()
+    page.mouse.move(box["x"] + 0.5 * box["width"], box["y"] + 0.2 * box["height"])
+    page.mouse.down()
+    for step in range(1, 11):  # a stroke down the middle: a 1
+        page.mouse.move(box["x"] + (0.5 - 0.01 * step) * box["width"], box["y"] + (0.2 + 0.06 * step) * box["height"])
+    page.mouse.up()
+    page.click(f"{block('ram')} button:text('all {T}')")
+    page.wait_for_function(done, arg=[block("ram"), str(T)])
+    drawn = page.eval_on_selector(block("ram"), "b => Array.from(b.ramImage)")
+    assert sum(v > 0.5 for v in drawn) > 20, "the stroke left ink"
+    image = torch.tensor(drawn, dtype=torch.float32).view(1, 1, spec["image_size"], spec["image_size"])
+    paths = glimpse_paths(load_pretrained("ram", "mnist28", device="cpu"), image)
+    locations = json.loads(dataset(page, "ram", "locations"))
+    assert torch.allclose(torch.tensor(locations), paths["locations"][0], atol=1e-4)
+    assert int(dataset(page, "ram", "predicted")) == int(paths["predicted"][0])
     record("ram", {"ready_s": round(ready, 2), "ms_per_digit_all_glimpses": round(1000 * per_digit, 1)})
 
 

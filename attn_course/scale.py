@@ -24,7 +24,7 @@ attention without the matrix, then builds a small decoder-only model and makes i
         the KV cache: one decoding step costs O(t d) instead of re-running the prefix               (7.9)
     bytes = 2 L B t g d_k s   (keys and values, L layers, batch B, t tokens, s bytes a number)      (7.10)
     h_0 = E[x_t] + P[t]  (learned positions; no P with rotary ones, which turn q and k instead;
-        P[t]_{2i}, P[t]_{2i+1} = sin t theta_i, cos t theta_i with sinusoidal ones, chapter 5's (5.4)),
+        h_0 = E[x_t] sqrt(d_model) + PE(t) with sinusoidal ones, chapter 5's (5.4) and its scale),
     h'_l = h_{l-1} + Attn(LN(h_{l-1})),  h_l = h'_l + MLP(LN(h'_l)),  logits = LN(h_L) E^T          (7.11)
     L = -(1/T) sum_t log p(x_{t+1} | x_1..x_t),   bits per character = L / ln 2                     (7.12)
     x_{t+1} = argmax logits (temperature 0), else a draw from softmax(logits / temperature)         (7.13)
@@ -498,7 +498,9 @@ class GPT(nn.Module):
         if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= c.vocab_size):
             raise ValueError(f"token ids must lie in [0, {c.vocab_size}), got {int(ids.min())} .. {int(ids.max())}")
         h = self.E(ids)
-        if c.position != "rotary":
+        if c.position == "sinusoidal":  # chapter 5's form (its section 3.4): E[x] sqrt(d_model) + PE
+            h = h * math.sqrt(c.d_model) + self.P[t:t + ids.shape[1]]
+        elif c.position == "learned":
             h = h + self.P[t:t + ids.shape[1]]
         h = self.dropout(h)
         for l, block in enumerate(self.blocks):

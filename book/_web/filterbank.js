@@ -77,6 +77,7 @@ start("filterbank", async (app, demos, block) => {
   app.append(picker, controls, element("div", { class: "live-demo-row" }, image, patch, filters), caption);
 
   function draw() {
+    const begun = performance.now();
     const N = params.N;
     const values = read(x, params, A, B);
     const context = heatmap(image, x, B, A, { cell: SCALE, max: 1 });
@@ -98,6 +99,7 @@ start("filterbank", async (app, demos, block) => {
       `middle: the read, brightest value ${Math.max(...values).toFixed(3)}; right: the rows of F_X)`;
     block.dataset.params = JSON.stringify(params);
     block.dataset.patch = JSON.stringify(Array.from(values));
+    block.dataset.ms = (performance.now() - begun).toFixed(2); // the read and the three pictures
   }
   draw();
 });

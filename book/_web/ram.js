@@ -56,7 +56,9 @@ start("ram", async (app, demos, block) => {
       l: new runtime.Tensor("float32", Float32Array.from(l), [1, 2]),
       h: new runtime.Tensor("float32", h, [1, spec.hidden]),
     };
+    const begun = performance.now();
     const out = await step.run(feeds);
+    block.dataset.ms = (performance.now() - begun).toFixed(2); // one glimpse step in onnxruntime-web
     h = out.h_next.data;
     mu = Array.from(out.mu.data);
     glimpses.push({ l: Array.from(l), probabilities: Array.from(out.probabilities.data) });

@@ -115,7 +115,7 @@ def test_the_ram_demo_follows_the_package_policy(open_demo):
     spec = demos()["ram"]
     T = spec["num_glimpses"]
     done = "([selector, n]) => document.querySelector(selector).dataset.glimpses === n"
-    started = time.perf_counter()
+    started, steps = time.perf_counter(), []
     for d in range(len(spec["digits"])):
         page.click(f"{block('ram')} button[data-digit='{d}']")
         page.click(f"{block('ram')} button:text('all {T}')")
@@ -125,6 +125,7 @@ def test_the_ram_demo_follows_the_package_policy(open_demo):
         worst = max(abs(a - b) for step, ref in zip(locations, expected) for a, b in zip(step, ref))
         assert len(locations) == T and worst < 1e-4, (d, locations, expected)
         assert int(dataset(page, "ram", "predicted")) == spec["paths"]["predicted"][d]
+        steps.append(float(dataset(page, "ram", "ms")))
     per_digit = (time.perf_counter() - started) / len(spec["digits"])
     # the second glimpse placed by a click, then the policy again
     page.click(f"{block('ram')} button[data-digit='0']")
@@ -157,12 +158,14 @@ def test_the_ram_demo_follows_the_package_policy(open_demo):
     locations = json.loads(dataset(page, "ram", "locations"))
     assert torch.allclose(torch.tensor(locations), paths["locations"][0], atol=1e-4)
     assert int(dataset(page, "ram", "predicted")) == int(paths["predicted"][0])
-    record("ram", {"ready_s": round(ready, 2), "ms_per_digit_all_glimpses": round(1000 * per_digit, 1)})
+    record("ram", {"ready_s": round(ready, 2), "ms_per_digit_all_glimpses": round(1000 * per_digit, 1),
+                   "ms_last_glimpse_step": sorted(steps)})
 
 
 def test_the_filterbank_demo_reads_like_the_package(open_demo):
     page, ready = open_demo("filterbank")
     set_value = "(input, value) => { input.value = value; input.dispatchEvent(new Event('input')); }"
+    redraws = []
     for case in demos()["filterbank"]["cases"]:
         for name in ("g_X", "g_Y", "delta", "sigma2", "gamma", "N"):
             page.eval_on_selector(f"{block('filterbank')} input[data-parameter='{name}']", set_value, str(case[name]))
@@ -171,7 +174,8 @@ def test_the_filterbank_demo_reads_like_the_package(open_demo):
         patch = json.loads(dataset(page, "filterbank", "patch"))
         expected = [v for row in case["patch"] for v in row]
         assert len(patch) == case["N"] ** 2 and max(abs(a - b) for a, b in zip(patch, expected)) < 1e-9, case
-    record("filterbank", {"ready_s": round(ready, 2)})
+        redraws.append(float(dataset(page, "filterbank", "ms")))
+    record("filterbank", {"ready_s": round(ready, 2), "ms_per_slider_move": sorted(redraws)})
 
 
 @pytest.mark.parametrize("name", sorted(PAGES))

@@ -118,6 +118,8 @@ TARGETS = {
     "stdlib": Target("bits_per_char", at_most=1.9, why="more than 2.6 bits per character below a model that ignores "
                                                        "the context (4.58)"),
     "stdlib-learned": Target("bits_per_char", why="learned positions, for the comparison with rotary ones"),
+    "stdlib-sinusoidal": Target("bits_per_char", why="chapter 5's sinusoidal positions, for the comparison with "
+                                                     "rotary ones"),
 }
 
 # --------------------------------------------------------------------------- the text

@@ -5,7 +5,7 @@
 ``dates-encoder.onnx``
     chapter 5's ``transformer-dates`` encoder: ``src`` (1, S) int64 ids -> ``memory`` (1, S, d_model).
 ``dates-decoder.onnx``
-    one greedy step of its decoder over the whole prefix: ``tgt`` (1, T) int64 (BOS first),
+    one step of its decoder over the whole prefix: ``tgt`` (1, T) int64 (BOS first),
     ``memory``, ``src`` -> ``logits`` (1, vocab) of the next token and ``cross`` (L, h, T, S), the
     cross-attention of every layer and head for every position of the prefix.
 ``ram-mnist28-step.onnx``
@@ -18,7 +18,8 @@
 The wrappers call the models' unchecked inner functions (``Transformer._encode``, ``_decode``,
 ``ram._glimpse_sensor``): the checks of the public ones compare tensor values, which an
 exported graph cannot branch on. Greedy decoding and the glimpse loop stay in the page's script,
-as in :func:`attn_course.transformer.predict` and :func:`attn_course.ram.glimpse_paths`.
+as in :func:`attn_course.experiments.transformer.translate_dates` (greedy, and greedy kept to the calendar)
+and :func:`attn_course.ram.glimpse_paths`.
 """
 
 from __future__ import annotations
@@ -36,9 +37,9 @@ from .checkpoints import atomic_write_bytes
 
 OPSET = 18
 FILES = ("dates-encoder.onnx", "dates-decoder.onnx", "ram-mnist28-step.onnx", "demos.json")
-# Dates the browser test types into the page; the page must print the package's greedy output for each.
-DATE_EXAMPLES = ("March 3, 2021", "3/14/1999", "tuesday 7 july 1953", "2001年2月3日", "31.12.2099",
-                 "Sept. 9, 1911", "the 2nd of August 1984", "14 Feb 2020")
+# Dates the browser test types into the page; the last two are not days, and the calendar overrules the model.
+DATE_EXAMPLES = ("March 3, 2021", "3/14/1999", "tuesday 7 july 1953", "2001年2月3日", "31.12.2099", "Sept. 9, 1911",
+                 "the 2nd of August 1984", "14 Feb 2020", "2/30/2001", "31.04.1988")
 
 
 class DatesEncoder(nn.Module):
@@ -206,7 +207,7 @@ def export_web(out: str | os.PathLike) -> dict[str, dict]:
     ``bytes`` and ``sha256``. Every file is written to a temporary name and renamed when complete."""
     from torch.export import Dim
 
-    from .data.sequences import BOS, EOS, ISO_LENGTH, PAD, VOCAB, encode_batch
+    from .data.sequences import BOS, EOS, FIRST_YEAR, ISO_LENGTH, LAST_YEAR, PAD, VOCAB, encode_batch
     from .registry import load_pretrained
     out = Path(out)
     dates = load_pretrained("transformer", "dates", device="cpu").eval()
@@ -234,6 +235,7 @@ def export_web(out: str | os.PathLike) -> dict[str, dict]:
         "models": models,
         "dates": {"vocab": list(VOCAB), "pad": PAD, "bos": BOS, "eos": EOS, "max_output": ISO_LENGTH + 1,
                   "max_len": dates.config.max_len, "layers": dates.config.decoder_layers, "heads": dates.config.heads,
+                  "first_year": FIRST_YEAR, "last_year": LAST_YEAR,
                   "examples": _date_reference(dates, DATE_EXAMPLES)},
         "ram": {"image_size": c.image_size, "glimpse_size": c.glimpse_size, "num_scales": c.num_scales,
                 "num_glimpses": c.num_glimpses, "hidden": c.hidden, "digits": digits.tolist(),
@@ -257,13 +259,17 @@ def glimpse_paths_for(model, digits: torch.Tensor) -> dict:
 
 
 def _date_reference(model, texts) -> list[dict]:
-    """The package's greedy reading of each text (:func:`~attn_course.transformer.predict`): what the page prints."""
-    from .data.sequences import ISO_LENGTH, decode, encode_batch, is_iso_date
+    """What the page must print for each text: the package's plain greedy reading (``greedy``,
+    :func:`~attn_course.transformer.predict`) and the calendar-constrained answer of
+    :func:`~attn_course.experiments.transformer.translate_dates` (``output``, always a real day)."""
+    from .data.sequences import ISO_LENGTH, decode, encode_batch
+    from .experiments.transformer import translate_dates
     from .transformer import predict
     rows = []
-    for text in texts:
-        output = decode(predict(model, encode_batch([text]), ISO_LENGTH + 1)[0])
-        rows.append({"text": text, "output": output, "iso_shape": is_iso_date(output)})
+    for text, reading in zip(texts, translate_dates(model, list(texts))):
+        greedy = decode(predict(model, encode_batch([text]), ISO_LENGTH + 1)[0])
+        assert greedy == reading.greedy, (text, greedy, reading.greedy)
+        rows.append({"text": text, "output": reading.iso, "greedy": greedy, "corrected": reading.corrected})
     return rows
 
 
@@ -326,8 +332,8 @@ def parity(directory: str | os.PathLike, dates: int = 300, digits: int = 500) ->
 # Where the book build puts the demos' files (book/_ext/live_demos.py), relative to a chapter page (notebooks/*.html).
 LIVE_PATH = "../_live/"
 DEMOS = {
-    "dates": "type a date and the trained model (chapter 5) writes it as YYYY-MM-DD in your browser, with the "
-             "cross-attention of any layer and head",
+    "dates": "type a date and the trained model (chapter 5) writes it as YYYY-MM-DD in your browser, kept to real "
+             "days by the calendar, with the cross-attention of any layer and head",
     "ram": "pick a digit, step through the trained RAM's glimpses (chapter 1) with its class probabilities, and "
            "click the digit to place the next glimpse yourself",
     "filterbank": "move g_X, g_Y, delta, sigma^2, gamma and N and watch DRAW's read (2.8), (2.10) change",

@@ -8,6 +8,7 @@ import torch
 from attn_course import web
 from attn_course.__main__ import main
 from attn_course.data.sequences import ISO_LENGTH, decode, encode_batch
+from attn_course.experiments.transformer import translate_dates
 from attn_course.registry import load_pretrained
 from attn_course.transformer import predict
 
@@ -42,9 +43,13 @@ def test_demos_json_holds_the_packages_answers(exported):
     demos = json.loads((out / "demos.json").read_text())
     assert demos["models"] == {name: files[name] for name in web.FILES[:3]}
     model = load_pretrained("transformer", "dates", device="cpu")
-    for example in demos["dates"]["examples"]:
-        assert example["output"] == decode(predict(model, encode_batch([example["text"]]), ISO_LENGTH + 1)[0])
+    readings = translate_dates(model, list(web.DATE_EXAMPLES))
+    for example, reading in zip(demos["dates"]["examples"], readings):
+        assert example["greedy"] == decode(predict(model, encode_batch([example["text"]]), ISO_LENGTH + 1)[0])
+        assert example["output"] == reading.iso and example["corrected"] == reading.corrected
     assert [e["text"] for e in demos["dates"]["examples"]] == list(web.DATE_EXAMPLES)
+    corrected = [e for e in demos["dates"]["examples"] if e["corrected"]]
+    assert corrected and all(e["greedy"] != e["output"] for e in corrected), "the page must show a correction"
     ram = demos["ram"]
     assert sorted(ram["labels"]) == list(range(10)) and len(ram["paths"]["locations"]) == 10
     assert len(ram["paths"]["locations"][0]) == ram["num_glimpses"]

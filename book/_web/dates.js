@@ -1,6 +1,8 @@
 // Chapter 5's live demo: the trained transformer-dates model reads a date the reader types and
-// writes it as YYYY-MM-DD, greedily, one character per decoder step (as the package's predict()
-// does), and shows the cross-attention of any layer and head.
+// writes it as YYYY-MM-DD, one character per decoder step, and shows the cross-attention of any
+// layer and head. As the package's translate_dates() does, the answer is the greedy decoding with
+// every step limited to the characters that can still end in a real day (the calendar); where the
+// model's own greedy reading is not a day, the page shows it beside the answer.
 import { element, heatmap, ort, session, start } from "./live.js";
 
 start("dates", async (app, demos, block) => {
@@ -12,21 +14,23 @@ start("dates", async (app, demos, block) => {
   ]);
   const ids = (values) => new runtime.Tensor("int64", BigInt64Array.from(values.map(BigInt)), [1, values.length]);
 
-  async function read(text) {
-    const chars = [...text];
-    const unknown = [...new Set(chars.filter((c) => !index.has(c) || specials.has(index.get(c))))];
-    if (!chars.length) throw new Error("type a date");
-    if (unknown.length) throw new Error(`not in the vocabulary: ${unknown.map((c) => JSON.stringify(c)).join(" ")}`);
-    if (chars.length > spec.max_len) throw new Error(`the model reads at most ${spec.max_len} characters`);
-    const src = ids(chars.map((c) => index.get(c)));
-    const { memory } = await encoder.run({ src });
+  const prefixes = calendarPrefixes(spec.first_year, spec.last_year);
+  const allowedAfter = (written) => { // the ids that keep `written` on the way to a real day, then EOS
+    const text = written.map((id) => spec.vocab[id]).join("");
+    if (text.length === 10) return prefixes.has(text) ? [spec.eos] : [];
+    return [..."0123456789-"].filter((c) => prefixes.has(text + c)).map((c) => index.get(c));
+  };
+
+  async function decode(src, memory, constrained) {
     const tgt = [spec.bos];
     let cross = null;
     for (let step = 0; step < spec.max_output; step++) {
       const out = await decoder.run({ tgt: ids(tgt), memory, src });
       const logits = out.logits.data;
-      let best = 0;
-      for (let v = 1; v < logits.length; v++) if (logits[v] > logits[best]) best = v;
+      const candidates = constrained ? allowedAfter(tgt.slice(1)) : logits.keys();
+      let best = -1;
+      for (const v of candidates) if (best < 0 || logits[v] > logits[best]) best = v;
+      if (best < 0) break;
       tgt.push(best);
       cross = out.cross;
       if (best === spec.eos) break;
@@ -36,7 +40,22 @@ start("dates", async (app, demos, block) => {
       if (id === spec.eos) break;
       if (id !== spec.pad && id !== spec.bos) written.push(spec.vocab[id]);
     }
-    return { output: written.join(""), rows: tgt.slice(1), source: chars, cross };
+    return { text: written.join(""), rows: tgt.slice(1), cross };
+  }
+
+  async function read(text) {
+    const chars = [...text];
+    const unknown = [...new Set(chars.filter((c) => !index.has(c) || specials.has(index.get(c))))];
+    if (!chars.length) throw new Error("type a date");
+    if (unknown.length) throw new Error(`not in the vocabulary: ${unknown.map((c) => JSON.stringify(c)).join(" ")}`);
+    if (chars.length > spec.max_len) throw new Error(`the model reads at most ${spec.max_len} characters`);
+    const src = ids(chars.map((c) => index.get(c)));
+    const { memory } = await encoder.run({ src });
+    const greedy = await decode(src, memory, false);
+    const day = isRealDay(greedy.text, spec.first_year, spec.last_year);
+    const answer = day ? greedy : await decode(src, memory, true); // on a real day the two decodings agree
+    return { output: answer.text, greedy: greedy.text, corrected: !day, rows: answer.rows, source: chars,
+             cross: answer.cross };
   }
 
   const input = element("input", { type: "text", value: spec.examples[0].text, size: 32, "aria-label": "a date" });
@@ -78,7 +97,8 @@ start("dates", async (app, demos, block) => {
       last = await read(text);
       const ms = performance.now() - begun;
       output.textContent = last.output;
-      verdict.textContent = `${isRealDay(last.output) ? "" : "not a real day! "}(${ms.toFixed(0)} ms)`;
+      verdict.textContent = (last.corrected ? `the model's own reading, ${last.greedy}, is not a day in ` +
+        `${spec.first_year}-${spec.last_year}: the calendar overruled it ` : "") + `(${ms.toFixed(0)} ms)`;
       block.dataset.ms = ms.toFixed(1);
       draw();
     } catch (error) {
@@ -88,6 +108,7 @@ start("dates", async (app, demos, block) => {
     }
     block.dataset.input = text;
     block.dataset.output = output.textContent;
+    block.dataset.greedy = last ? last.greedy : "";
   }
 
   input.addEventListener("input", () => { pending = pending.then(update); });
@@ -96,12 +117,25 @@ start("dates", async (app, demos, block) => {
   await update();
 });
 
-function isRealDay(text) {
+function isRealDay(text, firstYear, lastYear) {
   const match = /^(\d{4})-(\d{2})-(\d{2})$/.exec(text);
   if (!match) return false;
   const [year, month, day] = match.slice(1).map(Number);
   const date = new Date(Date.UTC(year, month - 1, day));
-  return date.getUTCFullYear() === year && date.getUTCMonth() === month - 1 && date.getUTCDate() === day;
+  return year >= firstYear && year <= lastYear && date.getUTCFullYear() === year &&
+    date.getUTCMonth() === month - 1 && date.getUTCDate() === day;
+}
+
+// Every prefix of every day firstYear-01-01 .. lastYear-12-31 written YYYY-MM-DD (whole dates included).
+function calendarPrefixes(firstYear, lastYear) {
+  const prefixes = new Set();
+  const day = new Date(Date.UTC(firstYear, 0, 1));
+  while (day.getUTCFullYear() <= lastYear) {
+    const text = day.toISOString().slice(0, 10);
+    for (let k = 1; k <= 10; k++) prefixes.add(text.slice(0, k));
+    day.setUTCDate(day.getUTCDate() + 1);
+  }
+  return prefixes;
 }
 
 // Rows: the output characters (the query that wrote each); columns: the input characters.

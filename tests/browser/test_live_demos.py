@@ -5,7 +5,8 @@ in onnxruntime-web from ``_live/``), request nothing from another host, and answ
 package does on the reference cases that ``python -m attn_course export-web`` wrote into
 ``demos.json`` from PyTorch:
 
-- chapter 5: the greedy ISO string for each typed date, character for character;
+- chapter 5: for each typed date, the calendar-constrained answer of ``translate_dates`` and the
+  model's own greedy reading, character for character;
 - chapter 1: the glimpse path of the deterministic policy on ten digits (locations within
   1e-4 of ``glimpse_paths``; the same class), and the path after a glimpse placed by a click;
 - chapter 2: the filterbank read gamma F_Y x F_X^T for four settings of the sliders (1e-9).
@@ -95,6 +96,9 @@ def test_the_dates_demo_writes_what_the_package_writes(open_demo):
         page.wait_for_function("([selector, text]) => document.querySelector(selector).dataset.input === text",
                                arg=[block("dates"), example["text"]], timeout=20_000)
         assert dataset(page, "dates", "output") == example["output"], example
+        assert dataset(page, "dates", "greedy") == example["greedy"], example
+        if example["corrected"]:  # the model wrote no day: the page says so beside the calendar's answer
+            assert f"own reading, {example['greedy']}, is not a day" in page.inner_text(block("dates"))
         latencies.append(float(dataset(page, "dates", "ms")))
     # another head draws another map
     canvas = f"{block('dates')} canvas"

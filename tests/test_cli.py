@@ -205,6 +205,7 @@ def fake_spec(monkeypatch, train=None, evaluate=None):
             return (train or default_train)(task, **kwargs)
 
         evaluate = staticmethod(fake_evaluate or spec.evaluate)
+        card_extras = None
 
     monkeypatch.setattr(registry, "get_spec", lambda name: Fake)
     monkeypatch.setattr(registry, "train_model", lambda spec, task, **options: spec.train(task, **options))

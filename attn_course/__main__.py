@@ -292,8 +292,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     spec = get_spec(args.model)
     task = spec.check_task(_with_attention_flag(spec, args))
     device = get_device(args.device)
-    if args.checkpoint is not None:
-        model = load_model_file(spec, task, Path(args.checkpoint), device)
+    if args.checkpoint is not None:  # a run of the user's, perhaps trained with --set: its own config
+        model = load_model_file(spec, task, Path(args.checkpoint), device, own_config=True)
     else:
         model = load_pretrained(spec.name, task, device)
     metrics, count = spec.evaluate(model, task, device)

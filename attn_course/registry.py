@@ -79,11 +79,26 @@ def load_pretrained(name: str, task: str | None = None, device: torch.device | s
     return load_model_file(spec, task, path, device or get_device())
 
 
-def load_model_file(spec: ModelSpec, task: str, path, device: torch.device | str) -> nn.Module:
-    """Build ``spec``'s model for ``task`` and load the weights in ``path`` into it."""
-    from .checkpoints import load_weights
+def load_model_file(spec: ModelSpec, task: str, path, device: torch.device | str,
+                    own_config: bool = False) -> nn.Module:
+    """Build ``spec``'s model for ``task`` and load the weights in ``path`` into it.
 
-    config, state_dict = load_weights(path, expected_config=spec.model_config(task))
+    The file's config must be the task's (a shipped checkpoint, or one to ship). With ``own_config``,
+    a run that ``train --set`` trained with a changed config is built from the config it stores, when
+    the card beside it says it was trained as this model on this task (so on this task's data).
+    """
+    from .checkpoints import load_weights, read_card
+
+    card = {}
+    if own_config:
+        try:
+            card = read_card(path, verify=True)
+        except (OSError, ValueError):
+            card = {}  # no usable card: the file must hold the task's own config
+    trained_here = (card.get("model"), card.get("task")) == (spec.name, task)
+    config, state_dict = load_weights(path, expected_config=None if trained_here else spec.model_config(task))
+    if trained_here and config.get("kind") != spec.config_kind:
+        raise ValueError(f"{path} holds a {config.get('kind')!r} model, not {spec.config_kind!r}")
     model = spec.build(config)
     try:
         model.load_state_dict(state_dict)

@@ -436,7 +436,7 @@ def test_unsafe_load_advice_is_never_relayed(tmp_path, monkeypatch, capsys):
         "trust this class/function.\n\nCheck the documentation of torch.load to learn more about types accepted by "
         "default with weights_only https://pytorch.org/docs/stable/generated/torch.load.html.")
 
-    def load_model_file(*args):
+    def load_model_file(*args, **kwargs):
         raise ValueError(torch_text)
 
     monkeypatch.setattr(registry, "load_model_file", load_model_file)
@@ -444,7 +444,7 @@ def test_unsafe_load_advice_is_never_relayed(tmp_path, monkeypatch, capsys):
     assert line.startswith(f"error: cannot read checkpoint {path}: UnpicklingError: it holds something other than")
     assert "Unsupported global: GLOBAL __main__.Planted" in line
     assert "weights_only" not in line and "add_safe_globals" not in line and "\x1b" not in line
-    monkeypatch.setattr(registry, "load_model_file", lambda *a: (_ for _ in ()).throw(ValueError(
+    monkeypatch.setattr(registry, "load_model_file", lambda *a, **k: (_ for _ in ()).throw(ValueError(
         f"cannot read {path}. Re-running `torch.load` with `weights_only=False` will likely succeed. It is damaged.")))
     line = error_line(capsys, "evaluate", "fc", "--checkpoint", str(path))
     assert line == f"error: cannot read {path}. It is damaged."
@@ -585,3 +585,23 @@ def test_ship_adds_what_the_spec_records_beside_the_metrics(tmp_path, capsys, mo
     assert main(["ship", "fc", "--task", "mnist28", "--checkpoint", str(trained), "--to", str(tmp_path / "s")]) == 0
     shipped = read_card(tmp_path / "s" / "fc-mnist28.pt")
     assert shipped["samples"] == [{"task": "mnist28", "parameters": sum(p.numel() for p in model.parameters())}]
+
+
+def test_evaluate_reads_a_run_trained_with_set_by_its_own_config(tmp_path, capsys):
+    import dataclasses
+
+    spec = get_spec("transformer")
+    config = dataclasses.replace(spec.config("copy"), heads=2)  # what `train --set heads=2` trains
+    torch.manual_seed(0)
+    model = spec.build(config)
+    card = {"model": "transformer", "task": "copy", "metrics": {"exact_match": 0.0}, "steps": 1}
+    path, _ = save_pretrained(model, spec.config_dict(config), card, tmp_path / "run.pt")
+    assert main(["evaluate", "transformer", "--task", "copy", "--checkpoint", str(path), "--device", "cpu"]) == 0
+    assert last_json_line(capsys.readouterr().out)["test_examples"] == 2000
+    # its card says it was trained on copy: asked for as another task, the config must be that task's
+    assert main(["evaluate", "transformer", "--task", "reverse", "--checkpoint", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "config mismatch" in err and "heads: file has 2, expected 4" in err
+    # shipping it is refused: a shipped checkpoint must hold the task's config
+    assert main(["ship", "transformer", "--task", "copy", "--checkpoint", str(path), "--to", str(tmp_path / "s")]) == 2
+    assert "config mismatch" in capsys.readouterr().err

@@ -301,3 +301,11 @@ BAD_SCENE_CALLS = _bad_scene_calls()
 def test_bad_scene_input_gets_a_clear_error_naming_the_argument(error, match, call):
     with pytest.raises(error, match=match):
         call()
+
+
+@pytest.mark.parametrize("test_size, novel", [(1, 0), (2, 0), (3, 1)])
+def test_a_test_split_too_small_for_a_novel_scene_has_none(test_size, novel):
+    data = ShapeScenes(seed=0, train_size=20, val_size=2, test_size=test_size)
+    test = data.split("test")
+    assert len(test) == test_size and int(test.novel.sum()) == novel == round(0.25 * test_size)
+    assert data.batch("test", torch.arange(test_size))["images"].shape[0] == test_size

@@ -205,6 +205,9 @@ def _draw_candidates(generator: torch.Generator, n: int, image_size: int, rounds
     scenes), so that crowded scenes are not rejected more often than sparse ones and the
     object counts keep :data:`COUNT_PROBABILITIES`.
     """
+    if n == 0:  # torch.multinomial refuses to draw no samples
+        none = torch.zeros(0, MAX_OBJECTS, dtype=torch.long)
+        return Layout(torch.zeros(0, dtype=torch.long), none, none.clone(), none.clone(), none.clone(), none.clone())
     count = torch.multinomial(torch.tensor(COUNT_PROBABILITIES), n, replacement=True, generator=generator) + 1
     shape = torch.randint(len(SHAPES), (n, MAX_OBJECTS), generator=generator)
     colour = torch.randint(len(COLOURS), (n, MAX_OBJECTS), generator=generator)

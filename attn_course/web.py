@@ -114,7 +114,7 @@ def _sha256(path: Path) -> str:
 
 
 def greedy_date(encoder, decoder, text: str) -> dict:
-    """Greedy decoding of ``text`` with two onnxruntime sessions, step by step as the page's script does:
+    """Greedy decoding of ``text`` with two onnxruntime sessions, step by step as the page's plain greedy pass is:
     ``output`` (the string up to EOS) and ``cross`` (L, h, T, S) of the last step."""
     import numpy as np
 

@@ -28,7 +28,11 @@ start("ram", async (app, demos, block) => {
     picker.append(button, " ");
   });
   const drawButton = element("button", { type: "button", text: "draw your own" });
-  drawButton.addEventListener("click", () => { drawing = true; image = new Float32Array(size * size); reset(); });
+  drawButton.addEventListener("click", () => {
+    drawing = true;
+    image = new Float32Array(size * size);
+    run(async () => reset());
+  });
   picker.append(drawButton);
   const next = element("button", { type: "button", text: "next glimpse" });
   const all = element("button", { type: "button", text: `all ${spec.num_glimpses}` });
@@ -83,14 +87,17 @@ start("ram", async (app, demos, block) => {
   canvas.addEventListener("pointerdown", (event) => {
     const [u, v] = position(event);
     if (drawing) { painting = true; paint(u, v); show(); return; }
-    run(() => glimpse([2 * u / size - 1, 2 * v / size - 1]));
+    const clamp = (c) => Math.min(Math.max(c, -1), 1); // as the model clamps l_t
+    run(() => glimpse([clamp(2 * u / size - 1), clamp(2 * v / size - 1)]));
   });
   canvas.addEventListener("pointermove", (event) => { if (painting) { paint(...position(event)); show(); } });
   addEventListener("pointerup", () => { painting = false; });
 
-  function position(event) {
+  function position(event) { // in image pixels from the picture's corner (inside the canvas's border)
     const box = canvas.getBoundingClientRect();
-    return [(event.clientX - box.left) * size / box.width, (event.clientY - box.top) * size / box.height];
+    const x = event.clientX - box.left - canvas.clientLeft;
+    const y = event.clientY - box.top - canvas.clientTop;
+    return [x * size / canvas.clientWidth, y * size / canvas.clientHeight];
   }
 
   function paint(u, v) { // a soft round brush, about 2.5 pixels across, like MNIST's pen

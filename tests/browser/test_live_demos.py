@@ -137,7 +137,9 @@ def test_the_ram_demo_follows_the_package_policy(open_demo):
     page.wait_for_function(done, arg=[block("ram"), "1"])
     x, y = spec["placed"]["at"]["1"]
     box = page.locator(f"{block('ram')} canvas").bounding_box()
-    page.mouse.click(box["x"] + (x + 1) / 2 * box["width"], box["y"] + (y + 1) / 2 * box["height"])
+    inner = page.eval_on_selector(f"{block('ram')} canvas",  # the picture, inside the canvas's border
+                                  "c => [c.clientLeft, c.clientTop, c.clientWidth, c.clientHeight]")
+    page.mouse.click(box["x"] + inner[0] + (x + 1) / 2 * inner[2], box["y"] + inner[1] + (y + 1) / 2 * inner[3])
     page.wait_for_function(done, arg=[block("ram"), "2"])
     page.click(f"{block('ram')} button:text('all {T}')")
     page.wait_for_function(done, arg=[block("ram"), str(T)])

@@ -24,7 +24,6 @@ and :func:`attn_course.ram.glimpse_paths`.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import warnings
@@ -33,7 +32,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .checkpoints import atomic_write_bytes
+from .checkpoints import atomic_write_bytes, sha256_of
 
 OPSET = 18
 FILES = ("dates-encoder.onnx", "dates-decoder.onnx", "ram-mnist28-step.onnx", "demos.json")
@@ -105,10 +104,6 @@ def _export(module: nn.Module, args: tuple, path: Path, inputs: list[str], outpu
     atomic_write_bytes(program.model_proto.SerializeToString(), path)
 
 
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 
 # --------------------------------------------------------------------------- what the pages compute, in Python
 
@@ -130,17 +125,15 @@ def greedy_date(encoder, decoder, text: str) -> dict:
     return {"output": decode(tgt[1:]), "ids": tgt[1:], "cross": cross}
 
 
-def glimpse_path(step, image, steps: int, placed: dict[int, tuple[float, float]] | None = None) -> dict:
+def glimpse_path(step, image, steps: int) -> dict:
     """The deterministic policy on one ``image`` (28, 28) in [0, 1] with an onnxruntime session of the glimpse
-    step, from the centre; ``placed`` {t: (x, y)} overrides l_t, as a click in the page does."""
+    step, from the centre, as the page follows it."""
     import numpy as np
     l = np.zeros((1, 2), dtype=np.float32)
     h = np.zeros((1, step.get_inputs()[2].shape[1]), dtype=np.float32)
     x = np.asarray(image, dtype=np.float32).reshape(1, 1, *np.shape(image)[-2:])
     locations, probabilities = [], []
-    for t in range(steps):
-        if placed and t in placed:
-            l = np.array([placed[t]], dtype=np.float32)
+    for _ in range(steps):
         locations.append(l[0].copy())
         h, p, mu = step.run(None, {"image": x, "l": l, "h": h})
         probabilities.append(p[0])
@@ -229,10 +222,10 @@ def export_web(out: str | os.PathLike) -> dict[str, dict]:
     placed = {1: (0.5, -0.5)}
     default = glimpse_paths_for(ram, digits)
     by_hand = _placed_path(ram, digits.float()[:, None] / 255, placed)
-    models = {name: {"bytes": (out / name).stat().st_size, "sha256": _sha256(out / name)} for name in FILES[:3]}
+    files = {name: {"bytes": (out / name).stat().st_size, "sha256": sha256_of(out / name)} for name in FILES[:3]}
     demos = {
         "format": "attn_course.web_demos/1",
-        "models": models,
+        "models": dict(files),
         "dates": {"vocab": list(VOCAB), "pad": PAD, "bos": BOS, "eos": EOS, "max_output": ISO_LENGTH + 1,
                   "max_len": dates.config.max_len, "layers": dates.config.decoder_layers, "heads": dates.config.heads,
                   "first_year": FIRST_YEAR, "last_year": LAST_YEAR,
@@ -247,7 +240,9 @@ def export_web(out: str | os.PathLike) -> dict[str, dict]:
         "filterbank": {"A": 28, "B": 28, "digit": 0, "cases": _filterbank_reference(digits[0])},
     }
     atomic_write_bytes(json.dumps(demos, separators=(",", ":")).encode(), out / "demos.json")
-    return {name: {"bytes": (out / name).stat().st_size, "sha256": _sha256(out / name)} for name in FILES}
+    demos_json = out / "demos.json"
+    files["demos.json"] = {"bytes": demos_json.stat().st_size, "sha256": sha256_of(demos_json)}
+    return files
 
 
 def glimpse_paths_for(model, digits: torch.Tensor) -> dict:

@@ -247,7 +247,7 @@ def cmd_train(args: argparse.Namespace, argv: list[str]) -> int:
             model, result, data_description = train_model(
                 spec, task, profile=profile, device=device, seed=args.seed, checkpoint_path=state_path,
                 progress=not args.no_progress, steps=args.steps, batch_size=args.batch_size, extra_state=run,
-                config=config)
+                config=config, amp=True if args.amp else None, compile=args.compile)
         except NonFiniteLossError as error:
             kept = f"; the last saved state is kept in {state_path}" if state_path.exists() else ""
             raise CommandError(f"training {spec.name} on {task} stopped: {error}{kept}") from error
@@ -266,7 +266,8 @@ def cmd_train(args: argparse.Namespace, argv: list[str]) -> int:
             "wall_time_s": round(result.wall_time, 1),
             "profile": profile,
             "seed": args.seed,
-            "hardware": device_description(device),
+            "hardware": device_description(device) + "".join(
+                note for flag, note in ((args.amp, ", bfloat16 autocast"), (args.compile, ", torch.compile")) if flag),
             "software": {"attn_course": __version__, "torch": torch.__version__, "python": platform.python_version()},
             "command": _command_line(argv),
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -356,6 +357,10 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--set", action="append", metavar="KEY=VALUE",
                        help="change one field of the model's config (e.g. --set lambda_=1.0); repeatable")
     train.add_argument("--device")
+    train.add_argument("--amp", action="store_true", help="mixed precision: bfloat16 autocast on a CPU (fast where "
+                       "the CPU has bfloat16 instructions), AMP on a GPU (the default there for most recipes)")
+    train.add_argument("--compile", action="store_true", help="torch.compile the model (minutes first, then faster "
+                       "steps; needs a C++ compiler on a CPU)")
     train.add_argument("--no-progress", action="store_true", help="no progress bar (for logs)")
     evaluate = sub.add_parser("evaluate", help="evaluate a pretrained model; the last line is JSON")
     evaluate.add_argument("model")

@@ -68,12 +68,15 @@ class Recipe:
         """The number of steps of the profile (quick or full)."""
         return pick(self.quick_steps, self.full_steps, profile)
 
-    def train_config(self, steps: int, batch_size: int, lr: float, seed: int) -> TrainConfig:
+    def train_config(self, steps: int, batch_size: int, lr: float, seed: int, amp: bool | None = None,
+                     compile: bool = False) -> TrainConfig:
+        """The loop's config; ``amp`` None keeps the recipe's choice."""
         long = steps > self.long_run
         return TrainConfig(steps=steps, batch_size=batch_size, lr=lr, seed=seed, log_every=self.log_every,
                            eval_every=max(steps // self.evaluations, 1000) if long and self.evaluations else 0,
                            checkpoint_every=self.checkpoint_every if long else 0,
-                           clip_grad_norm=self.clip_grad_norm, amp=self.amp)
+                           clip_grad_norm=self.clip_grad_norm, amp=self.amp if amp is None else amp,
+                           compile=compile)
 
     def make_optimizer(self, model: nn.Module, lr: float, steps: int) -> tuple[torch.optim.Optimizer, Any]:
         if self.optimizer is not None:
@@ -202,12 +205,14 @@ def _check_lr(name: str, lr) -> None:
 def train_model(spec: ModelSpec, task: str | None = None, *, profile: str | None = None, device=None, seed: int = 0,
                 checkpoint_path=None, progress: bool = True, steps: int | None = None,
                 batch_size: int | None = None, lr: float | None = None, config=None, data=None,
-                extra_state: Mapping[str, Any] | None = None) -> tuple[nn.Module, TrainResult, str]:
+                extra_state: Mapping[str, Any] | None = None, amp: bool | None = None,
+                compile: bool = False) -> tuple[nn.Module, TrainResult, str]:
     """Train ``spec``'s model for ``task`` from scratch with its recipe; returns (model, result, data description).
 
     ``steps``, ``batch_size`` and ``lr`` default to the recipe's (``steps``: the profile's);
     ``config`` replaces the task's config (an instance of ``spec.config_class``); ``data``
-    replaces the task's data. The model config is stored in the training state with
+    replaces the task's data; ``amp`` (None: the recipe's) and ``compile`` as in
+    :class:`~attn_course.train.TrainConfig`. The model config is stored in the training state with
     ``extra_state`` (the command line adds its model and task), and checked on resume.
     """
     task = spec.check_task(task)
@@ -232,7 +237,7 @@ def train_model(spec: ModelSpec, task: str | None = None, *, profile: str | None
     data = spec.data(task, device) if data is None else data
     optimizer, scheduler = recipe.make_optimizer(model, lr, total)
     validate = (lambda m: spec.validate(m, data)) if spec.validate is not None else None
-    result = fit(model, data.sample, spec.loss(task), recipe.train_config(total, batch_size, lr, seed),
+    result = fit(model, data.sample, spec.loss(task), recipe.train_config(total, batch_size, lr, seed, amp, compile),
                  optimizer=optimizer, scheduler=scheduler, device=device, evaluate=validate,
                  checkpoint_path=checkpoint_path, progress=progress, desc=f"{spec.title} on {task}",
                  extra_state={"model_config": spec.config_dict(config), **(extra_state or {})})

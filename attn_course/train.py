@@ -77,7 +77,14 @@ class NonFiniteLossError(FloatingPointError):
 
 @dataclass
 class TrainConfig:
-    """How long and how to train. ``amp=None`` means: mixed precision on CUDA only."""
+    """How long and how to train.
+
+    ``amp``: autocast to a 16-bit float, bfloat16 on a CPU (fast on CPUs with bfloat16
+    instructions) and on GPUs that support it, float16 with a gradient scaler on older
+    GPUs; ``None`` means on CUDA only. ``compile``: run the loss through
+    ``torch.compile`` (minutes of compiling first, then fused element-wise kernels);
+    the weights and the saved state are those of the uncompiled model.
+    """
 
     steps: int
     batch_size: int = 64
@@ -88,6 +95,7 @@ class TrainConfig:
     checkpoint_every: int = 0  # 0: checkpoint only at the end (and when stopped)
     clip_grad_norm: float | None = None
     amp: bool | None = None
+    compile: bool = False
 
     def __post_init__(self):
         for name in ("steps", "batch_size", "log_every"):
@@ -266,8 +274,9 @@ def _load_training_state(path: Path, config: TrainConfig, extra: dict[str, Any])
         found = state.get("format") if isinstance(state, dict) else type(state).__name__
         raise ValueError(f"{path} is not a training state of this version of attn_course "
                          f"({STATE_FORMAT}, found {found!r}); delete it to start afresh, or choose another --out")
-    saved = {k: v for k, v in state["config"].items() if k != "steps"}
-    wanted = {k: v for k, v in asdict(config).items() if k != "steps"}
+    same_math = ("steps", "compile")  # a run may go on for longer, compiled or not
+    saved = {k: v for k, v in state["config"].items() if k not in same_math}
+    wanted = {k: v for k, v in asdict(config).items() if k not in same_math}
     if saved != wanted:
         diff = {k: (saved.get(k), wanted.get(k)) for k in wanted if saved.get(k) != wanted.get(k)}
         raise ValueError(
@@ -345,14 +354,16 @@ def _as_floats(named: list[tuple[str, Any]]) -> list[float]:
 
 
 def _amp_dtype(device: torch.device) -> torch.dtype:
-    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if device.type == "cpu" or torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return torch.float16
 
 
 def _mixed_precision(config: TrainConfig, device: torch.device) -> tuple[torch.dtype | None, Any]:
     """The autocast dtype (None: full precision) and, for float16 only, a gradient scaler."""
     use_amp = device.type == "cuda" if config.amp is None else bool(config.amp)
-    if use_amp and device.type != "cuda":
-        raise ValueError(f"mixed precision (amp=True) needs a CUDA device, got {device}")
+    if use_amp and device.type not in ("cuda", "cpu"):
+        raise ValueError(f"mixed precision (amp=True) needs a CUDA device or the CPU, got {device}")
     amp_dtype = _amp_dtype(device) if use_amp else None
     scaler = torch.amp.GradScaler("cuda") if use_amp and amp_dtype == torch.float16 else None
     return amp_dtype, scaler
@@ -422,6 +433,7 @@ class _Run:
         self.config, self.device, self.amp_dtype = config, device, amp_dtype
         self.checkpoint_path, self.extra, self.evaluate = checkpoint_path, extra, evaluate
         self.sample_batch, self.loss_fn = sample_batch, loss_fn
+        self.forward_model = torch.compile(model) if config.compile else model  # the same parameters
         self.generator = make_generator(config.seed)
         torch.manual_seed(config.seed)
         self.history = History()
@@ -622,7 +634,7 @@ class _Run:
         """The loss and the step's metrics, as ``loss_fn`` returns them (under autocast with AMP)."""
         mixed = self.amp_dtype is not None
         with torch.autocast(device_type=self.device.type, dtype=self.amp_dtype) if mixed else nullcontext():
-            return self.loss_fn(self.model, batch)
+            return self.loss_fn(self.forward_model, batch)
 
     def _read_back(self, loss: torch.Tensor, metrics: Mapping[str, Any]) -> dict[str, float]:
         """The loss and metrics as floats (one wait for a GPU); stops at a non-finite loss, before the update."""

@@ -2,6 +2,11 @@
 
     python benchmarks/draw.py                 # on this machine's default device
     OMP_NUM_THREADS=1 python benchmarks/draw.py   # as the shipped checkpoint was trained: one CPU core
+    OMP_NUM_THREADS=1 python benchmarks/draw.py --t32   # the T = 32 step: float32 or bfloat16, eager or compiled
+    OMP_NUM_THREADS=1 python benchmarks/draw.py --t32 --profile   # and where one eager step spends its time
+
+``--t32`` compiles the model twice (about four minutes each on one CPU core) before it
+times the compiled steps.
 
 Each row is the median of several timed repetitions after a warm-up (``timed`` from
 ``benchmarks/run.py``). The CPU seconds column is the process's own CPU time per
@@ -80,10 +85,60 @@ def draw_rows(device, repeat: int = 10):
     return rows
 
 
+def t32_rows(device, repeat: int = 5, profile: bool = False):
+    """The T = 32 training step (batch 128) four ways: float32 or bfloat16 autocast, eager or torch.compile."""
+    from attn_course.data import BinarizedMNIST
+    from attn_course.draw import DRAW, draw_loss
+    from attn_course.experiments.draw import config_for
+
+    batch = BinarizedMNIST(device=device, test_size=1000).sample(torch.Generator().manual_seed(0), 128)
+    rows = []
+    for task in ("mnist32", "mnist32-noattn"):
+        for compiled in (False, True):
+            for amp in (False, True):
+                torch.manual_seed(0)
+                model = DRAW(config_for(task)).to(device)
+                forward = torch.compile(model) if compiled else model
+                optimizer = torch.optim.Adam(model.parameters(), 1e-3)
+
+                def step():
+                    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+                        loss, _ = draw_loss(forward, batch)
+                    optimizer.zero_grad()
+                    loss.backward()
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), 10.0)
+                    optimizer.step()
+
+                start = time.perf_counter()
+                step()  # compiles when compiled
+                first = time.perf_counter() - start
+                wall = timed(step, repeat=repeat, warmup=1, device=device)
+                how = f"{'bfloat16 autocast' if amp else 'float32'}, {'compiled' if compiled else 'eager'}"
+                rows.append((f"DRAW train step, {task} (T=32), batch 128, {how}", wall, float("nan"),
+                             f"first step {first:,.0f} s" if compiled else ""))
+                if profile and not compiled and not amp:
+                    print_step_profile(step, task)
+    return rows
+
+
+def print_step_profile(step, name: str) -> None:
+    """The share of one eager step's CPU time in matrix products and in everything else (element-wise, copies)."""
+    from torch.profiler import profile
+
+    with profile() as prof:
+        step()
+    events = prof.key_averages()
+    total = sum(e.self_cpu_time_total for e in events)
+    products = sum(e.self_cpu_time_total for e in events if e.key in ("aten::mm", "aten::addmm", "aten::bmm"))
+    print(f"{name}: {total / 1e3:,.0f} ms of CPU time in one step, {products / total:.0%} in matrix products "
+          f"(mm, addmm, bmm), {1 - products / total:.0%} in the rest")
+    print(events.table(sort_by="self_cpu_time_total", row_limit=12))
+
+
 def main():
     device = get_device()
     print(banner(device=device))
-    rows = draw_rows(device)
+    rows = t32_rows(device, profile="--profile" in sys.argv) if "--t32" in sys.argv else draw_rows(device)
     width = max(len(r[0]) for r in rows)
     print(f"{'':<{width}}  {'wall':>9}     {'CPU':>9}")
     for name, wall, cpu, rate in rows:

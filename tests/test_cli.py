@@ -98,6 +98,10 @@ def test_train_passes_variant_and_batch_size_to_the_recipe(monkeypatch, tmp_path
     seen.clear()
     assert main(["train", "fc", "--task", "mnist28", "--out", out]) == 2
     assert seen["task"] == "mnist28" and seen["batch_size"] is None  # the recipe's own default
+    assert seen["amp"] is None and seen["compile"] is False  # the recipe's precision, not compiled
+    seen.clear()
+    assert main(["train", "fc", "--task", "mnist28", "--amp", "--compile", "--out", out]) == 2
+    assert seen["amp"] is True and seen["compile"] is True
 
 
 def test_no_attention_flag_selects_the_noattn_variant(monkeypatch, tmp_path, capsys):

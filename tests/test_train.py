@@ -447,10 +447,47 @@ def test_config_validation(bad):
         TrainConfig(**bad)
 
 
-def test_amp_on_cpu_is_a_clear_error():
+def test_amp_on_cpu_trains_under_bfloat16_autocast_with_float32_weights():
     sample_batch, loss_fn = make_problem()
-    with pytest.raises(ValueError, match="CUDA"):
-        fit(new_model(), sample_batch, loss_fn, TrainConfig(steps=1, amp=True), device="cpu", progress=False)
+    seen = []
+
+    def watched(model, batch):
+        seen.append((torch.is_autocast_enabled("cpu"), torch.get_autocast_dtype("cpu"), model(batch[0]).dtype))
+        return loss_fn(model, batch)
+
+    model = new_model()
+    result = fit(model, sample_batch, watched, TrainConfig(steps=60, lr=1e-2, amp=True), device="cpu",
+                 progress=False)
+    assert set(seen) == {(True, torch.bfloat16, torch.bfloat16)}
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+    losses = result.history.series("loss")[1]
+    assert losses[-1] < 0.2 * losses[0]
+    seen.clear()
+    fit(new_model(), sample_batch, watched, TrainConfig(steps=2), device="cpu", progress=False)
+    assert {enabled for enabled, _, _ in seen} == {False}  # amp=None: off on a CPU
+
+
+def test_amp_on_a_device_without_autocast_is_a_clear_error():
+    sample_batch, loss_fn = make_problem()
+    with pytest.raises(ValueError, match="CUDA device or the CPU"):
+        train_module._mixed_precision(TrainConfig(steps=1, amp=True), torch.device("meta"))
+
+
+@pytest.mark.slow
+def test_compile_trains_the_same_parameters_and_saves_them_uncompiled(tmp_path):
+    sample_batch, loss_fn = make_problem()
+    plain, compiled = new_model(), new_model()
+    fit(plain, sample_batch, loss_fn, TrainConfig(steps=20, lr=1e-2), progress=False)
+    path = tmp_path / "run.state"
+    fit(compiled, sample_batch, loss_fn, TrainConfig(steps=20, lr=1e-2, compile=True), checkpoint_path=path,
+        progress=False)
+    for a, b in zip(plain.parameters(), compiled.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+    assert set(load_state_file(path)["model"]) == set(plain.state_dict())  # no _orig_mod. prefixes
+    # compiling changes no result, so a compiled run resumes an uncompiled one
+    resumed = fit(new_model(), sample_batch, loss_fn, TrainConfig(steps=25, lr=1e-2), checkpoint_path=path,
+                  progress=False)
+    assert resumed.step == 25
 
 
 # --------------------------------------------------------------------------- on a GPU: few waits per step

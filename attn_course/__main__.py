@@ -224,6 +224,16 @@ def _config_with(spec, task: str, settings: list[str]):
     return dataclasses.replace(config, **changes)  # the config validates the new values
 
 
+def _training_options(args: argparse.Namespace, device) -> str:
+    """What ``--amp`` and ``--compile`` changed, for the card's hardware line ("" without them)."""
+    notes = []
+    if args.amp:
+        notes.append("bfloat16 autocast" if device.type == "cpu" else "mixed precision (AMP)")
+    if args.compile:
+        notes.append("torch.compile")
+    return "".join(f", {note}" for note in notes)
+
+
 def cmd_train(args: argparse.Namespace, argv: list[str]) -> int:
     from .checkpoints import check_writable, output_lock, pretrained_name, save_pretrained
     from .registry import check_resumable, get_spec, train_model
@@ -266,8 +276,7 @@ def cmd_train(args: argparse.Namespace, argv: list[str]) -> int:
             "wall_time_s": round(result.wall_time, 1),
             "profile": profile,
             "seed": args.seed,
-            "hardware": device_description(device) + "".join(
-                note for flag, note in ((args.amp, ", bfloat16 autocast"), (args.compile, ", torch.compile")) if flag),
+            "hardware": device_description(device) + _training_options(args, device),
             "software": {"attn_course": __version__, "torch": torch.__version__, "python": platform.python_version()},
             "command": _command_line(argv),
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -358,7 +367,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="change one field of the model's config (e.g. --set lambda_=1.0); repeatable")
     train.add_argument("--device")
     train.add_argument("--amp", action="store_true", help="mixed precision: bfloat16 autocast on a CPU (fast where "
-                       "the CPU has bfloat16 instructions), AMP on a GPU (the default there for most recipes)")
+                       "the CPU has bfloat16 instructions), AMP on a GPU (the Transformer, ViT and GPT recipes "
+                       "use it there by default)")
     train.add_argument("--compile", action="store_true", help="torch.compile the model (minutes first, then faster "
                        "steps; needs a C++ compiler on a CPU)")
     train.add_argument("--no-progress", action="store_true", help="no progress bar (for logs)")

@@ -12,7 +12,8 @@ A chapter supplies three small functions and a config; :func:`fit` does the rest
 
 What the loop gives every chapter: a ``tqdm.auto`` progress bar with the live loss
 and metrics, a :class:`~attn_course.history.History` for the plots, periodic
-evaluation, optional gradient clipping, mixed precision on CUDA, a guard that stops
+evaluation, optional gradient clipping, mixed precision (AMP on CUDA, bfloat16 autocast
+on a CPU), an optional ``torch.compile`` of the model, a guard that stops
 at the first non-finite loss and names the step, atomic checkpoints, and exact resume:
 Ctrl-C (SIGINT) or SIGTERM stops the run at the end of the current step and saves it
 there, and the same call resumes it so that weights, optimiser state and history equal
@@ -81,9 +82,12 @@ class TrainConfig:
 
     ``amp``: autocast to a 16-bit float, bfloat16 on a CPU (fast on CPUs with bfloat16
     instructions) and on GPUs that support it, float16 with a gradient scaler on older
-    GPUs; ``None`` means on CUDA only. ``compile``: run the loss through
-    ``torch.compile`` (minutes of compiling first, then fused element-wise kernels);
-    the weights and the saved state are those of the uncompiled model.
+    GPUs; ``None`` means on CUDA only. ``compile``: call the model through
+    ``torch.compile`` (minutes of compiling in the first step, then fused element-wise
+    kernels; ``loss_fn``'s own operations stay eager). The weights and the saved state
+    are those of the uncompiled model. Compiled code draws its random numbers with its
+    own generator and rounds differently, so a run resumes only as it was started,
+    compiled or not.
     """
 
     steps: int
@@ -274,9 +278,8 @@ def _load_training_state(path: Path, config: TrainConfig, extra: dict[str, Any])
         found = state.get("format") if isinstance(state, dict) else type(state).__name__
         raise ValueError(f"{path} is not a training state of this version of attn_course "
                          f"({STATE_FORMAT}, found {found!r}); delete it to start afresh, or choose another --out")
-    same_math = ("steps", "compile")  # a run may go on for longer, compiled or not
-    saved = {k: v for k, v in state["config"].items() if k not in same_math}
-    wanted = {k: v for k, v in asdict(config).items() if k not in same_math}
+    saved = {k: v for k, v in state["config"].items() if k != "steps"}
+    wanted = {k: v for k, v in asdict(config).items() if k != "steps"}
     if saved != wanted:
         diff = {k: (saved.get(k), wanted.get(k)) for k in wanted if saved.get(k) != wanted.get(k)}
         raise ValueError(

@@ -206,6 +206,9 @@ def test_registered_models_and_their_configs():
     without = spec.model_config("mnist-noattn")
     assert not without["attention"] and {**without, "attention": True} == spec.model_config("mnist")
     assert isinstance(spec.build(without), DRAW) and spec.model_config("mnist_paper-noattn")["T"] == 64
+    # T = 32: the paper's network at half its steps, with and without attention
+    assert spec.model_config("mnist32") == {**spec.model_config("mnist_paper"), "T": 32}
+    assert spec.model_config("mnist32-noattn") == {**spec.model_config("mnist32"), "attention": False}
     with pytest.raises(ValueError, match="not 'draw'"):
         spec.build({"kind": "ram"})
 

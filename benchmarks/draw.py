@@ -39,10 +39,29 @@ def cpu_seconds(fn, repeat: int) -> float:
     return statistics.median(times)
 
 
+def training_step(model, batch, amp: bool = False, compiled: bool = False):
+    """One step of the recipe (Adam, gradients clipped at norm 10), optionally under bfloat16 autocast or compiled."""
+    from attn_course.draw import draw_loss
+
+    forward = torch.compile(model) if compiled else model
+    optimizer = torch.optim.Adam(model.parameters(), 1e-3)
+    device_type = next(model.parameters()).device.type
+
+    def step():
+        with torch.autocast(device_type, dtype=torch.bfloat16, enabled=amp):
+            loss, _ = draw_loss(forward, batch)
+        optimizer.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 10.0)
+        optimizer.step()
+
+    return step
+
+
 def draw_rows(device, repeat: int = 10):
     from attn_course.data import BinarizedMNIST
     from attn_course.draw import (CPU_CONFIG, DRAW, PAPER_CONFIG, QUICK_CONFIG, DRAWConfig, attention_window,
-                                  draw_loss, filterbank, read, read_loop)
+                                  filterbank, read, read_loop)
 
     data = BinarizedMNIST(device=device, test_size=1000)
     batch = data.sample(torch.Generator().manual_seed(0), 64)
@@ -51,15 +70,7 @@ def draw_rows(device, repeat: int = 10):
                ("shipped, no attention", DRAWConfig(T=16, attention=False)), ("paper, T=64", PAPER_CONFIG)]
     for name, config in configs:
         torch.manual_seed(0)
-        model = DRAW(config).to(device)
-        optimizer = torch.optim.Adam(model.parameters(), 1e-3)
-
-        def step():
-            loss, _ = draw_loss(model, batch)
-            optimizer.zero_grad()
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 10.0)
-            optimizer.step()
+        step = training_step(DRAW(config).to(device), batch)
 
         reps = max(3, repeat * 16 // config.T)
         wall = timed(step, repeat=reps, warmup=2, device=device)
@@ -88,7 +99,7 @@ def draw_rows(device, repeat: int = 10):
 def t32_rows(device, repeat: int = 5, profile: bool = False):
     """The T = 32 training step (batch 128) four ways: float32 or bfloat16 autocast, eager or torch.compile."""
     from attn_course.data import BinarizedMNIST
-    from attn_course.draw import DRAW, draw_loss
+    from attn_course.draw import DRAW
     from attn_course.experiments.draw import config_for
 
     batch = BinarizedMNIST(device=device, test_size=1000).sample(torch.Generator().manual_seed(0), 128)
@@ -97,17 +108,7 @@ def t32_rows(device, repeat: int = 5, profile: bool = False):
         for compiled in (False, True):
             for amp in (False, True):
                 torch.manual_seed(0)
-                model = DRAW(config_for(task)).to(device)
-                forward = torch.compile(model) if compiled else model
-                optimizer = torch.optim.Adam(model.parameters(), 1e-3)
-
-                def step():
-                    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-                        loss, _ = draw_loss(forward, batch)
-                    optimizer.zero_grad()
-                    loss.backward()
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), 10.0)
-                    optimizer.step()
+                step = training_step(DRAW(config_for(task)).to(device), batch, amp=amp, compiled=compiled)
 
                 start = time.perf_counter()
                 step()  # compiles when compiled
